@@ -1,0 +1,150 @@
+"""`Node`: the composition root that joins a transport, a round protocol, a learner and an aggregator."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import trio
+
+from gossip.learning import Learning
+from gossip.protocol import RoundProtocol
+from p2pfl.aggregation import Aggregator, Contribution, FedAvg
+from p2pfl.compute import Compute, ThreadCompute
+from p2pfl.errors import IncompatibleModel
+from p2pfl.learner import Learner
+from p2pfl.model_state import ModelState
+from transport.base import PeerId, Transport
+from transport.messages import ModelPayload
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class RoundRecord:
+    """What a node measured when it finished a round. Accuracy and loss are None when not evaluated."""
+
+    round: int
+    time: float
+    accuracy: float | None
+    loss: float | None
+    bytes_sent: int
+    bytes_received: int
+
+
+@dataclass(frozen=True, slots=True)
+class NodeStatus:
+    peer_id: PeerId
+    round: int
+    accuracy: float | None
+    peers: tuple[PeerId, ...]
+    bytes_in: int
+    bytes_out: int
+    models_rejected: int
+
+
+class Node:
+    """A learning peer.
+
+    `local_steps` is how many SGD steps each round trains (None: one epoch of local data);
+    `evaluate_every` sets how often (in rounds) the model is tested, 0 for never.
+    """
+
+    def __init__(
+        self,
+        transport: Transport,
+        learner: Learner,
+        *,
+        protocol: RoundProtocol,
+        aggregator: Aggregator | None = None,
+        local_steps: int | None = None,
+        evaluate_every: int = 1,
+        compute: Compute | None = None,
+    ) -> None:
+        if local_steps is not None and local_steps < 1:
+            raise ValueError(f"local_steps must be >= 1 or None, got {local_steps}")
+        if evaluate_every < 0:
+            raise ValueError(f"evaluate_every must be >= 0, got {evaluate_every}")
+        self.transport = transport
+        self.learner = learner
+        self.protocol = protocol
+        self.aggregator = aggregator or FedAvg()
+        self.local_steps = local_steps
+        self.evaluate_every = evaluate_every
+        self.compute = compute or ThreadCompute()
+        self.history: list[RoundRecord] = []
+        self.models_rejected = 0
+
+    @property
+    def peer_id(self) -> PeerId:
+        return self.transport.peer_id
+
+    async def run(self) -> None:
+        """Run the protocol to its end (or until cancelled)."""
+        await self.protocol.run(self.transport, _NodeLearning(self))
+
+    def status(self) -> NodeStatus:
+        last = self.history[-1] if self.history else None
+        accuracy = next((r.accuracy for r in reversed(self.history) if r.accuracy is not None), None)
+        return NodeStatus(
+            peer_id=self.peer_id,
+            round=last.round if last else 0,
+            accuracy=accuracy,
+            peers=tuple(sorted(self.transport.peers())),
+            bytes_in=self.transport.stats.bytes_received,
+            bytes_out=self.transport.stats.bytes_sent,
+            models_rejected=self.models_rejected,
+        )
+
+
+class _NodeLearning(Learning):
+    """The node as the protocol sees it: train, export, merge, finish a round."""
+
+    def __init__(self, node: Node) -> None:
+        self._node = node
+
+    async def train(self) -> None:
+        node = self._node
+        steps = node.local_steps or -(-node.learner.num_samples // node.learner.batch_size)
+        await node.compute.run(lambda: node.learner.train(steps=steps), steps=steps)
+
+    def export_model(self) -> ModelPayload:
+        learner = self._node.learner
+        return ModelPayload(tensors=learner.state().to_numpy(), weight=float(learner.num_samples))
+
+    async def merge(self, models: Sequence[tuple[PeerId, ModelPayload]]) -> None:
+        node = self._node
+        own = node.learner.state()
+        received = []
+        for sender, payload in models:
+            try:
+                received.append(_contribution(own, sender, payload))
+            except IncompatibleModel as exc:
+                node.models_rejected += 1
+                log.warning("%s rejected a model from %s: %s", node.peer_id, sender, exc)
+        if received:
+            own_contribution = Contribution(node.peer_id, own, float(node.learner.num_samples))
+            merged = node.aggregator.aggregate(own_contribution, received)
+            node.learner.load(merged)
+        await trio.lowlevel.checkpoint()
+
+    async def finish_round(self, round: int) -> None:
+        node = self._node
+        accuracy = loss = None
+        if node.evaluate_every and round % node.evaluate_every == 0 and node.learner.has_test_data:
+            evaluation = node.learner.evaluate()
+            accuracy, loss = evaluation.accuracy, evaluation.loss
+        stats = node.transport.stats
+        node.history.append(
+            RoundRecord(round, trio.current_time(), accuracy, loss, stats.bytes_sent, stats.bytes_received)
+        )
+        await trio.lowlevel.checkpoint()
+
+
+def _contribution(own: ModelState, sender: PeerId, payload: ModelPayload) -> Contribution:
+    """Validate a received model against the own one; raise `IncompatibleModel` if it does not fit."""
+    if not (math.isfinite(payload.weight) and payload.weight > 0):
+        raise IncompatibleModel(f"weight must be finite and positive, got {payload.weight}")
+    return Contribution(sender, own.from_numpy(payload.tensors), payload.weight)

@@ -1,0 +1,92 @@
+import numpy as np
+import torch
+import trio
+import trio.testing
+
+from gossip.gossip_learning import GossipLearning
+from p2pfl import Learner, Node, VirtualCompute
+from p2pfl.datasets import load_digits
+from p2pfl.models import mlp
+from transport.memory import open_memory_network
+from transport.messages import ModelPayload, ModelUpdate
+
+
+def make_node(transport, rounds=2):
+    train, test = load_digits(seed=0)
+    learner = Learner(mlp((64, 8, 10), seed=0), train, test, seed=0)
+    return Node(
+        transport,
+        learner,
+        protocol=GossipLearning(rounds=rounds),
+        local_steps=2,
+        compute=VirtualCompute(0.01),
+    )
+
+
+def run_with_peer(payloads):
+    """A node runs 2 rounds while a peer sends it `payloads` during round 1."""
+
+    async def main():
+        async with open_memory_network(latency=0.01) as net:
+            node = make_node(net.add_peer("node"))
+            peer = net.add_peer("peer")
+            net.connect("node", "peer")
+
+            async def send_all():
+                await trio.sleep(0.5)
+                for payload in payloads:
+                    await peer.send("node", ModelUpdate(round=1, model=payload))
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(node.run)
+                nursery.start_soon(send_all)
+        return node
+
+    return trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def alone():
+    async def main():
+        async with open_memory_network() as net:
+            node = make_node(net.add_peer("node"))
+            await node.run()
+        return node
+
+    return trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def good_payload():
+    return ModelPayload(alone().learner.state().to_numpy(), weight=10.0)
+
+
+def test_bad_models_are_dropped_and_leave_the_model_untouched():
+    reference = alone()
+    tensors = good_payload().tensors
+    wrong_shape = dict(tensors, **{"0.weight": np.zeros((8, 63), np.float32)})
+    wrong_dtype = dict(tensors, **{"0.weight": tensors["0.weight"].astype(np.float64)})
+    not_finite = dict(tensors, **{"2.bias": np.full(10, np.nan, np.float32)})
+    missing = {k: v for k, v in tensors.items() if k != "2.bias"}
+    for bad in (
+        ModelPayload(wrong_shape, 1.0),
+        ModelPayload(wrong_dtype, 1.0),
+        ModelPayload(not_finite, 1.0),
+        ModelPayload(missing, 1.0),
+        ModelPayload(tensors, -1.0),
+        ModelPayload(tensors, float("nan")),
+    ):
+        node = run_with_peer([bad])
+        assert node.models_rejected == 1, bad
+        assert torch.equal(node.learner.state().flat, reference.learner.state().flat)
+        assert node.status().round == 2
+
+
+def test_a_good_model_is_merged_and_status_reports_traffic():
+    reference = alone()
+    node = run_with_peer([good_payload()])
+    assert node.models_rejected == 0
+    assert not torch.equal(node.learner.state().flat, reference.learner.state().flat)
+    status = node.status()
+    assert status.peer_id == "node" and status.peers == ("peer",) and status.round == 2
+    assert status.bytes_in > 0 and status.bytes_out > 0
+    assert 0 <= status.accuracy <= 1
+    assert [r.round for r in node.history] == [1, 2]

@@ -1,0 +1,120 @@
+import numpy as np
+import pytest
+import trio
+import trio.testing
+
+from transport.base import PeerConnected, PeerDisconnected, Received
+from transport.errors import PeerUnreachable
+from transport.memory import open_memory_network
+from transport.messages import ModelPayload, ModelUpdate
+
+
+def run_virtual(fn):
+    return trio.run(fn, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def update(round_=1):
+    return ModelUpdate(
+        round=round_, model=ModelPayload({"w": np.arange(6, dtype=np.float32).reshape(2, 3)}, 2.0)
+    )
+
+
+def test_send_delivers_after_latency_and_counts_wire_bytes():
+    async def main():
+        async with open_memory_network(latency=0.25) as net:
+            a, b = net.add_peer("a"), net.add_peer("b")
+            net.connect("a", "b")
+            assert await a.events.receive() == PeerConnected("b")
+            assert await b.events.receive() == PeerConnected("a")
+            start = trio.current_time()
+            await a.send("b", update(3))
+            event = await b.events.receive()
+            assert trio.current_time() - start == pytest.approx(0.25)
+            assert isinstance(event, Received) and event.sender == "a" and event.topic is None
+            assert event.message.round == 3
+            np.testing.assert_array_equal(event.message.model.tensors["w"], update().model.tensors["w"])
+            assert a.stats.messages_sent == 1 and b.stats.messages_received == 1
+            assert a.stats.bytes_sent == b.stats.bytes_received > 24  # at least the tensor's bytes
+
+    run_virtual(main)
+
+
+def test_send_to_unconnected_peer_raises_and_disconnect_notifies_both_ends():
+    async def main():
+        async with open_memory_network() as net:
+            a, b = net.add_peer("a"), net.add_peer("b")
+            with pytest.raises(PeerUnreachable):
+                await a.send("b", update())
+            net.connect("a", "b")
+            assert a.peers() == {"b"} and b.peers() == {"a"}
+            net.disconnect("a", "b")
+            assert a.peers() == frozenset() and b.peers() == frozenset()
+            assert [await a.events.receive() for _ in range(2)] == [PeerConnected("b"), PeerDisconnected("b")]
+            assert [await b.events.receive() for _ in range(2)] == [PeerConnected("a"), PeerDisconnected("a")]
+            with pytest.raises(PeerUnreachable):
+                await a.send("b", update())
+
+    run_virtual(main)
+
+
+def test_message_in_flight_is_lost_when_the_link_goes_down():
+    async def main():
+        async with open_memory_network(latency=1.0) as net:
+            a, b = net.add_peer("a"), net.add_peer("b")
+            net.connect("a", "b")
+            await a.send("b", update())
+            net.disconnect("a", "b")
+            await trio.sleep(2)
+            events = []
+            while True:
+                try:
+                    events.append(b.events.receive_nowait())
+                except trio.WouldBlock:
+                    break
+            assert not any(isinstance(e, Received) for e in events)
+            assert b.stats.messages_received == 0
+
+    run_virtual(main)
+
+
+def test_publish_reaches_subscribers_only():
+    async def main():
+        async with open_memory_network() as net:
+            a, b, c = (net.add_peer(p) for p in "abc")
+            await b.subscribe("rounds")
+            await a.publish("rounds", update(7))
+            event = await b.events.receive()
+            assert event.topic == "rounds" and event.sender == "a" and event.message.round == 7
+            with pytest.raises(trio.WouldBlock):
+                c.events.receive_nowait()
+            assert a.stats.messages_sent == 1
+
+    run_virtual(main)
+
+
+def test_undecodable_frame_is_counted_and_dropped():
+    async def main():
+        async with open_memory_network() as net:
+            net.add_peer("a")
+            b = net.add_peer("b")
+            net.connect("a", "b")
+            await b.events.receive()
+            b._accept("a", b"\xc1 not msgpack", None)
+            assert b.stats.messages_rejected == 1 and b.stats.messages_received == 0
+            with pytest.raises(trio.WouldBlock):
+                b.events.receive_nowait()
+
+    run_virtual(main)
+
+
+def test_duplicate_peer_and_negative_latency_are_errors():
+    async def main():
+        async with open_memory_network() as net:
+            net.add_peer("a")
+            with pytest.raises(ValueError, match="already exists"):
+                net.add_peer("a")
+        with pytest.raises(ValueError, match="latency"):
+            async with open_memory_network(latency=-1):
+                pass
+
+    run_virtual(main)

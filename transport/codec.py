@@ -1,0 +1,367 @@
+"""Message codec: registered frozen dataclasses <-> msgpack bytes.
+
+Wire form of a message is one msgpack array ``[tag, version, field1, field2, ...]`` with the fields
+in declaration order. A nested dataclass is an array of its own fields, untagged: the annotation
+already says what it is. A tensor (``np.ndarray``) is msgpack ext type 1 whose body is::
+
+    u16 little-endian header length | msgpack header [dtype name, [dims...]] | raw little-endian elements
+
+The bytes come from untrusted peers, so nothing here uses pickle, and `decode` is defensive: for any
+input it either returns a message whose every field matches its annotation, or raises `DecodeError`.
+`Limits` bounds what one message may make us allocate, checked before the allocation wherever
+msgpack lets us (frame size before unpacking, tensor sizes from the ext header before viewing them).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import struct
+import types
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cache
+from typing import Any, TypeVar
+
+import msgpack
+import numpy as np
+
+from transport.errors import DecodeError
+
+__all__ = ["DEFAULT_LIMITS", "TENSOR_EXT_CODE", "Limits", "decode", "encode", "message", "message_types"]
+
+TENSOR_EXT_CODE = 1
+MAX_TENSOR_DIMS = 8
+
+# The only dtypes a tensor may have on the wire, by numpy's canonical name. Element bytes are always
+# little-endian, so a dtype here is the little-endian variant (the native one on every host we run on).
+_DTYPES: dict[str, np.dtype] = {
+    name: np.dtype(name).newbyteorder("<")
+    for name in ("bool", "int8", "uint8", "int16", "int32", "int64", "float16", "float32", "float64")
+}
+_HEADER_LEN = struct.Struct("<H")
+_SCALARS = (bool, int, float, str, bytes)
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Hard caps on what decoding one message may cost; anything beyond them is a `DecodeError`.
+
+    The msgpack length caps bound each container or string that msgpack allocates; the tensor caps
+    bound the arrays we build from ext bodies; `max_depth` bounds nesting of arrays and maps.
+    """
+
+    max_frame_bytes: int = 512 * 2**20
+    max_tensors: int = 10_000  # per message
+    max_elements: int = 2**28  # tensor elements per message, all tensors together
+    max_str_len: int = 2**20
+    max_bin_len: int = 16 * 2**20
+    max_array_len: int = 1_000_000
+    max_map_len: int = 100_000
+    max_depth: int = 16
+
+
+DEFAULT_LIMITS = Limits()
+
+
+@dataclass(frozen=True, slots=True)
+class _Registration:
+    cls: type
+    tag: str
+    version: int
+
+
+_BY_TAG: dict[str, _Registration] = {}
+_BY_CLASS: dict[type, _Registration] = {}
+
+_C = TypeVar("_C", bound=type)
+
+
+def message(tag: str, *, version: int) -> Callable[[_C], _C]:
+    """Class decorator: make a frozen dataclass a top-level wire message under `tag` at `version`.
+
+    A peer sending the same tag with another version is refused rather than guessed at: bump the
+    version whenever the fields change.
+    """
+    if not isinstance(tag, str) or not tag:
+        raise TypeError("a message tag is a non-empty str")
+    if type(version) is not int or version < 0:
+        raise TypeError("a message version is a non-negative int")
+
+    def register(cls: _C) -> _C:
+        params = getattr(cls, "__dataclass_params__", None)
+        if not isinstance(cls, type) or params is None or not params.frozen:
+            raise TypeError(f"{cls!r} must be a frozen dataclass to be a wire message")
+        if tag in _BY_TAG:
+            raise ValueError(f"message tag {tag!r} is already registered to {_BY_TAG[tag].cls.__qualname__}")
+        if cls in _BY_CLASS:
+            raise ValueError(f"{cls.__qualname__} is already registered as {_BY_CLASS[cls].tag!r}")
+        _BY_TAG[tag] = _BY_CLASS[cls] = _Registration(cls, tag, version)
+        return cls
+
+    return register
+
+
+def message_types() -> dict[str, type]:
+    """Registered message classes by tag (a copy), e.g. for tests that cover every message type."""
+    return {tag: reg.cls for tag, reg in _BY_TAG.items()}
+
+
+# --- schema ---------------------------------------------------------------------------------------
+
+
+@cache
+def _fields(cls: type) -> tuple[tuple[str, Any], ...]:
+    """(name, resolved annotation) of a dataclass, in wire order; unsupported annotations fail here.
+
+    Resolved lazily (on first encode or decode) so annotations may name classes defined later.
+    """
+    hints = typing.get_type_hints(cls)
+    result = []
+    for field in dataclasses.fields(cls):
+        if not field.init:
+            raise TypeError(f"{cls.__qualname__}.{field.name}: init=False fields cannot travel")
+        _check_annotation(hints[field.name], f"{cls.__qualname__}.{field.name}")
+        result.append((field.name, hints[field.name]))
+    return tuple(result)
+
+
+def _check_annotation(tp: Any, where: str) -> None:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp in _SCALARS or tp is np.ndarray or dataclasses.is_dataclass(tp):
+        return  # a nested dataclass is checked when it is first used
+    if origin in (typing.Union, types.UnionType) and len(args) == 2 and type(None) in args:
+        _check_annotation(next(a for a in args if a is not type(None)), where)
+        return
+    if origin is list and len(args) == 1:
+        _check_annotation(args[0], where)
+        return
+    if origin is tuple:
+        for arg in args[:1] if len(args) == 2 and args[1] is Ellipsis else args:
+            _check_annotation(arg, where)
+        return
+    if origin is dict and len(args) == 2 and args[0] in (str, int):
+        _check_annotation(args[1], where)
+        return
+    raise TypeError(f"{where}: unsupported annotation {tp!r}")
+
+
+# --- encoding -------------------------------------------------------------------------------------
+
+
+def encode(msg: object) -> bytes:
+    """Bytes for a registered message. An unregistered object is a programming error: TypeError."""
+    reg = _BY_CLASS.get(type(msg))
+    if reg is None:
+        raise TypeError(f"{type(msg).__qualname__} is not a registered message type")
+    values = [getattr(msg, name) for name, _ in _fields(reg.cls)]
+    return msgpack.packb([reg.tag, reg.version, *values], default=_encode_default, use_bin_type=True)
+
+
+def _encode_default(obj: object) -> object:
+    """msgpack fallback for what it cannot pack natively: tensors, nested dataclasses, numpy scalars."""
+    if isinstance(obj, np.ndarray):
+        return msgpack.ExtType(TENSOR_EXT_CODE, _pack_tensor(obj))
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return [getattr(obj, name) for name, _ in _fields(type(obj))]
+    if isinstance(obj, (np.bool_, np.integer, np.floating)):
+        return obj.item()
+    raise TypeError(f"cannot encode {type(obj).__qualname__}")
+
+
+def _pack_tensor(array: np.ndarray) -> bytes:
+    dtype = _DTYPES.get(array.dtype.name)
+    if dtype is None:
+        raise TypeError(f"tensor dtype {array.dtype} cannot travel; allowed: {', '.join(_DTYPES)}")
+    if array.ndim > MAX_TENSOR_DIMS:
+        raise ValueError(f"tensor of {array.ndim} dims; at most {MAX_TENSOR_DIMS} travel")
+    # No copy when the array already is C-contiguous little-endian (asarray keeps 0-d arrays 0-d).
+    array = np.asarray(array, dtype=dtype, order="C")
+    header = msgpack.packb([array.dtype.name, list(array.shape)])
+    # The join is the one copy: ExtType wants a bytes object.
+    return b"".join((_HEADER_LEN.pack(len(header)), header, array.reshape(-1).view(np.uint8).data))
+
+
+# --- decoding -------------------------------------------------------------------------------------
+
+
+def decode(data: bytes | memoryview, *, limits: Limits = DEFAULT_LIMITS) -> object:
+    """The message in `data`, validated against its annotations; `DecodeError` for anything else.
+
+    Tensors come back as read-only arrays viewing the decoded ext bytes (no copy of the elements).
+    """
+    size = memoryview(data).nbytes
+    if size > limits.max_frame_bytes:
+        raise DecodeError(f"message of {size} bytes exceeds the {limits.max_frame_bytes}-byte cap")
+    tensors = _TensorHook(limits)
+    try:
+        # Every element takes at least one input byte, so `size` is also a cap on every length.
+        raw = msgpack.unpackb(
+            data,
+            raw=False,
+            use_list=True,
+            strict_map_key=False,  # dict[int, V] fields; keys are validated below
+            ext_hook=tensors,
+            max_str_len=min(limits.max_str_len, size),
+            max_bin_len=min(limits.max_bin_len, size),
+            max_array_len=min(limits.max_array_len, size),
+            max_map_len=min(limits.max_map_len, size),
+            max_ext_len=size,
+        )
+    except msgpack.ExtraData as exc:
+        raise DecodeError(f"{len(exc.extra)} trailing bytes after the message") from exc
+    except (ValueError, TypeError, OverflowError, RecursionError) as exc:
+        # msgpack's FormatError, StackError, OutOfData-as-ValueError, bad UTF-8, unhashable map keys...
+        raise DecodeError(f"malformed msgpack: {exc}") from exc
+    return _decode_message(raw, limits)
+
+
+class _TensorHook:
+    """msgpack ext_hook for one decode: ext type 1 -> read-only array viewing the ext bytes.
+
+    Counts tensors and elements against the limits from the header, before any array exists.
+    """
+
+    def __init__(self, limits: Limits) -> None:
+        self._limits = limits
+        self._tensors = 0
+        self._elements = 0
+
+    def __call__(self, code: int, data: bytes) -> np.ndarray:
+        if code != TENSOR_EXT_CODE:
+            raise DecodeError(f"unknown msgpack ext type {code}")
+        self._tensors += 1
+        if self._tensors > self._limits.max_tensors:
+            raise DecodeError(f"more than {self._limits.max_tensors} tensors in one message")
+        if len(data) < _HEADER_LEN.size:
+            raise DecodeError("tensor ext too short for its header length")
+        start = _HEADER_LEN.size + _HEADER_LEN.unpack_from(data)[0]
+        if start > len(data):
+            raise DecodeError("tensor header runs past the end of the tensor")
+        try:
+            header = msgpack.unpackb(
+                memoryview(data)[_HEADER_LEN.size : start],
+                raw=False,
+                max_str_len=16,
+                max_bin_len=0,
+                max_array_len=MAX_TENSOR_DIMS,  # so also at most MAX_TENSOR_DIMS dims
+                max_map_len=0,
+                max_ext_len=0,
+            )
+        except (ValueError, TypeError, OverflowError, RecursionError) as exc:
+            raise DecodeError(f"malformed tensor header: {exc}") from exc
+        if not (isinstance(header, list) and len(header) == 2 and isinstance(header[1], list)):
+            raise DecodeError("tensor header is not [dtype, shape]")
+        name, shape = header
+        dtype = _DTYPES.get(name) if isinstance(name, str) else None
+        if dtype is None:
+            raise DecodeError(f"tensor dtype {name!r} is not allowed")
+        if not all(type(d) is int and 0 <= d <= self._limits.max_elements for d in shape):
+            raise DecodeError(f"tensor shape {shape!r} is not a list of non-negative ints within the cap")
+        count = math.prod(shape)
+        self._elements += count
+        if self._elements > self._limits.max_elements:
+            raise DecodeError(f"more than {self._limits.max_elements} tensor elements in one message")
+        if count * dtype.itemsize != len(data) - start:
+            raise DecodeError(
+                f"tensor {name}{shape} needs {count * dtype.itemsize} bytes, has {len(data) - start}"
+            )
+        return np.frombuffer(data, dtype, count, offset=start).reshape(shape)
+
+
+def _decode_message(raw: object, limits: Limits) -> object:
+    if not isinstance(raw, list) or len(raw) < 2:
+        raise DecodeError(f"a message is an array [tag, version, fields...], got {_kind(raw)}")
+    tag, version, *values = raw
+    if not isinstance(tag, str):
+        raise DecodeError(f"message tag must be str, got {_kind(tag)}")
+    reg = _BY_TAG.get(tag)
+    if reg is None:
+        raise DecodeError(f"unknown message tag {_short(tag)}")
+    if type(version) is not int:
+        raise DecodeError(f"{tag}: version must be int, got {_kind(version)}")
+    if version != reg.version:
+        raise DecodeError(f"{tag}: got version {version}, this node speaks version {reg.version}")
+    return _build(reg.cls, values, tag, 1, limits)
+
+
+def _build(cls: type, values: list, path: str, depth: int, limits: Limits) -> object:
+    """An instance of dataclass `cls` from its wire fields; `depth` is that of the `values` array."""
+    fields = _fields(cls)
+    if len(values) != len(fields):
+        raise DecodeError(f"{path}: expected {len(fields)} fields, got {len(values)}")
+    kwargs = {
+        name: _convert(value, tp, f"{path}.{name}", depth, limits)
+        for (name, tp), value in zip(fields, values, strict=True)
+    }
+    try:
+        return cls(**kwargs)
+    except ValueError as exc:  # a __post_init__ refusing the content
+        raise DecodeError(f"{path}: {exc}") from exc
+
+
+def _convert(value: object, tp: Any, path: str, depth: int, limits: Limits) -> object:
+    """`value` checked against annotation `tp` (and made a float/tuple/dataclass where it says so).
+
+    `depth` is the nesting depth of the container holding `value`.
+    """
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):  # X | None, the only union _check_annotation lets in
+        if value is None:
+            return None
+        return _convert(value, next(a for a in args if a is not type(None)), path, depth, limits)
+    if tp is float and type(value) is int:
+        return float(value)
+    if tp in _SCALARS or tp is np.ndarray:
+        if type(value) is not tp:  # exact: bool is no int, and msgpack makes nothing subclassed
+            raise DecodeError(f"{path}: expected {_name(tp)}, got {_kind(value)}")
+        return value
+
+    depth += 1  # everything below is an array or a map
+    if depth > limits.max_depth:
+        raise DecodeError(f"{path}: nested deeper than {limits.max_depth}")
+    if origin is dict:
+        if type(value) is not dict:
+            raise DecodeError(f"{path}: expected map, got {_kind(value)}")
+        key_tp, value_tp = args
+        result = {}
+        for key, item in value.items():
+            if type(key) is not key_tp:
+                raise DecodeError(f"{path}: expected {key_tp.__name__} keys, got {_kind(key)}")
+            result[key] = _convert(item, value_tp, f"{path}[{_short(key)}]", depth, limits)
+        return result
+    if type(value) is not list:
+        raise DecodeError(f"{path}: expected array, got {_kind(value)}")
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, path, depth, limits)
+    if origin is list or (origin is tuple and len(args) == 2 and args[1] is Ellipsis):
+        items = [_convert(item, args[0], f"{path}[{i}]", depth, limits) for i, item in enumerate(value)]
+        return items if origin is list else tuple(items)
+    if origin is tuple:
+        if len(value) != len(args):
+            raise DecodeError(f"{path}: expected {len(args)} items, got {len(value)}")
+        pairs = enumerate(zip(value, args, strict=True))
+        return tuple(_convert(item, t, f"{path}[{i}]", depth, limits) for i, (item, t) in pairs)
+    raise TypeError(f"{path}: unsupported annotation {tp!r}")  # unreachable after _check_annotation
+
+
+def _name(tp: type) -> str:
+    return "tensor" if tp is np.ndarray else tp.__name__
+
+
+def _kind(value: object) -> str:
+    """What a decoded value is, in wire terms, for error messages."""
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, dict):
+        return "map"
+    if isinstance(value, np.ndarray):
+        return "tensor"
+    return type(value).__name__
+
+
+def _short(value: object) -> str:
+    """repr cut short: strings in error messages come from the peer and may be a megabyte long."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."

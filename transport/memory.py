@@ -1,0 +1,140 @@
+"""An in-memory transport for the emulator and unit tests.
+
+Messages are really encoded and decoded, so byte counts are the wire's and a codec bug shows up
+here as it would on a real network. Delivery happens in trio time: with trio's `MockClock` a link
+latency costs no wall time, which is what lets the emulator run many nodes in virtual time.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import trio
+
+from transport import codec
+from transport.base import Event, PeerConnected, PeerDisconnected, PeerId, Received, TrafficStats, Transport
+from transport.errors import DecodeError, PeerUnreachable
+
+log = logging.getLogger(__name__)
+
+
+@asynccontextmanager
+async def open_memory_network(
+    *, latency: float = 0.0, limits: codec.Limits = codec.DEFAULT_LIMITS
+) -> AsyncIterator[MemoryNetwork]:
+    """Open a network whose in-flight messages live in a nursery that closes with the block."""
+    if latency < 0:
+        raise ValueError(f"latency must be >= 0, got {latency}")
+    async with trio.open_nursery() as nursery:
+        yield MemoryNetwork(nursery, latency=latency, limits=limits)
+        nursery.cancel_scope.cancel()
+
+
+class MemoryNetwork:
+    """Peers, the links between them, and the nursery in which messages travel.
+
+    `latency` (seconds) is charged on every delivery. Create it with `open_memory_network`.
+    """
+
+    def __init__(self, nursery: trio.Nursery, *, latency: float, limits: codec.Limits) -> None:
+        self.latency = latency
+        self.limits = limits
+        self._nursery = nursery
+        self._transports: dict[PeerId, MemoryTransport] = {}
+
+    def add_peer(self, peer_id: PeerId) -> MemoryTransport:
+        if peer_id in self._transports:
+            raise ValueError(f"peer {peer_id!r} already exists")
+        transport = MemoryTransport(self, peer_id)
+        self._transports[peer_id] = transport
+        return transport
+
+    def connect(self, a: PeerId, b: PeerId) -> None:
+        """Open a link between `a` and `b`; both get a `PeerConnected` event."""
+        ta, tb = self._transports[a], self._transports[b]
+        if a == b or b in ta._links:
+            return
+        ta._links.add(b)
+        tb._links.add(a)
+        ta._push(PeerConnected(b))
+        tb._push(PeerConnected(a))
+
+    def disconnect(self, a: PeerId, b: PeerId) -> None:
+        """Close the link between `a` and `b`; both get a `PeerDisconnected` event."""
+        ta, tb = self._transports[a], self._transports[b]
+        if b not in ta._links:
+            return
+        ta._links.discard(b)
+        tb._links.discard(a)
+        ta._push(PeerDisconnected(b))
+        tb._push(PeerDisconnected(a))
+
+    def _deliver(self, sender: PeerId, recipient: PeerId, frame: bytes, topic: str | None) -> None:
+        self._nursery.start_soon(self._deliver_after_latency, sender, recipient, frame, topic)
+
+    async def _deliver_after_latency(
+        self, sender: PeerId, recipient: PeerId, frame: bytes, topic: str | None
+    ):
+        if self.latency:
+            await trio.sleep(self.latency)
+        self._transports[recipient]._accept(sender, frame, topic)
+
+
+class MemoryTransport(Transport):
+    """One peer's end of a `MemoryNetwork`."""
+
+    def __init__(self, network: MemoryNetwork, peer_id: PeerId) -> None:
+        self.peer_id = peer_id
+        self.stats = TrafficStats()
+        self._network = network
+        self._links: set[PeerId] = set()
+        self._topics: set[str] = set()
+        self._send_events, self._events = trio.open_memory_channel[Event](math.inf)
+
+    def peers(self) -> frozenset[PeerId]:
+        return frozenset(self._links)
+
+    @property
+    def events(self) -> trio.abc.ReceiveChannel[Event]:
+        return self._events
+
+    async def send(self, peer: PeerId, message: object) -> None:
+        if peer not in self._links:
+            raise PeerUnreachable(f"{self.peer_id} is not connected to {peer}")
+        self._transmit(peer, codec.encode(message), topic=None)
+        await trio.lowlevel.checkpoint()
+
+    async def publish(self, topic: str, message: object) -> None:
+        frame = codec.encode(message)
+        for peer_id, transport in self._network._transports.items():
+            if peer_id != self.peer_id and topic in transport._topics:
+                self._transmit(peer_id, frame, topic=topic)
+        await trio.lowlevel.checkpoint()
+
+    async def subscribe(self, topic: str) -> None:
+        self._topics.add(topic)
+        await trio.lowlevel.checkpoint()
+
+    def _transmit(self, peer: PeerId, frame: bytes, *, topic: str | None) -> None:
+        self.stats.bytes_sent += len(frame)
+        self.stats.messages_sent += 1
+        self._network._deliver(self.peer_id, peer, frame, topic)
+
+    def _accept(self, sender: PeerId, frame: bytes, topic: str | None) -> None:
+        if topic is None and sender not in self._links:
+            return  # the link went down while the message was in flight
+        self.stats.bytes_received += len(frame)
+        try:
+            message = codec.decode(frame, limits=self._network.limits)
+        except DecodeError as exc:
+            self.stats.messages_rejected += 1
+            log.warning("%s dropped a message from %s: %s", self.peer_id, sender, exc)
+            return
+        self.stats.messages_received += 1
+        self._push(Received(sender, message, topic))
+
+    def _push(self, event: Event) -> None:
+        self._send_events.send_nowait(event)
