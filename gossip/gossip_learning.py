@@ -14,9 +14,10 @@ from dataclasses import dataclass
 
 import trio
 
+from gossip.inbox import keep_newest
 from gossip.learning import Learning
 from gossip.protocol import RoundProtocol
-from transport.base import PeerId, Received, Transport
+from transport.base import PeerId, Transport
 from transport.errors import PeerUnreachable
 from transport.messages import ModelPayload, ModelUpdate
 
@@ -48,7 +49,7 @@ class GossipLearning(RoundProtocol):
         rng = random.Random(self.seed)
         inbox: dict[PeerId, ModelUpdate] = {}
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_collect_models, transport, inbox)
+            nursery.start_soon(keep_newest, transport, inbox, ModelUpdate)
             start = trio.current_time()
             for round_ in range(1, self.rounds + 1):
                 await learning.train()
@@ -67,12 +68,3 @@ class GossipLearning(RoundProtocol):
                 await learning.merge(received)
                 await learning.finish_round(round_)
             nursery.cancel_scope.cancel()
-
-
-async def _collect_models(transport: Transport, inbox: dict[PeerId, ModelUpdate]) -> None:
-    """Keep the newest model per sender until the round's end takes the lot."""
-    async for event in transport.events:
-        if isinstance(event, Received) and isinstance(event.message, ModelUpdate):
-            previous = inbox.get(event.sender)
-            if previous is None or event.message.round >= previous.round:
-                inbox[event.sender] = event.message

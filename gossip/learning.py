@@ -6,7 +6,7 @@ and training, merging and evaluation happen behind this interface, which `p2pfl.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 from transport.base import PeerId
@@ -20,8 +20,14 @@ class Learning(Protocol):
     def export_model(self) -> ModelPayload:
         """The current local model, ready to send."""
 
-    async def merge(self, models: Sequence[tuple[PeerId, ModelPayload]]) -> None:
-        """Merge received models into the local one. Models that fail validation are dropped, not raised."""
+    async def merge(
+        self, models: Sequence[tuple[PeerId, ModelPayload]], *, mixing: Mapping[PeerId, float] | None = None
+    ) -> None:
+        """Merge received models into the local one. Models that fail validation are dropped, not raised.
+
+        By default each model weighs what its payload says (e.g. its samples). A protocol with its own
+        mixing matrix (D-PSGD) passes `mixing`: a weight per sender and one for the local peer.
+        """
 
     async def finish_round(self, round: int) -> None:
         """Called once per completed round, e.g. to evaluate and record metrics."""

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 
 import trio
 
@@ -114,18 +114,25 @@ class _NodeLearning(Learning):
         learner = self._node.learner
         return ModelPayload(tensors=learner.state().to_numpy(), weight=float(learner.num_samples))
 
-    async def merge(self, models: Sequence[tuple[PeerId, ModelPayload]]) -> None:
+    async def merge(
+        self, models: Sequence[tuple[PeerId, ModelPayload]], *, mixing: Mapping[PeerId, float] | None = None
+    ) -> None:
         node = self._node
         own = node.learner.state()
         received = []
         for sender, payload in models:
             try:
-                received.append(_contribution(own, sender, payload))
+                contribution = _contribution(own, sender, payload)
             except IncompatibleModel as exc:
                 node.models_rejected += 1
                 log.warning("%s rejected a model from %s: %s", node.peer_id, sender, exc)
+                continue
+            if mixing is not None:
+                contribution = replace(contribution, weight=mixing[sender])
+            received.append(contribution)
         if received:
-            own_contribution = Contribution(node.peer_id, own, float(node.learner.num_samples))
+            own_weight = mixing[node.peer_id] if mixing is not None else float(node.learner.num_samples)
+            own_contribution = Contribution(node.peer_id, own, own_weight)
             merged = node.aggregator.aggregate(own_contribution, received)
             node.learner.load(merged)
         await trio.lowlevel.checkpoint()

@@ -15,7 +15,10 @@ import numpy as np
 import trio
 import trio.testing
 
+from gossip.dpsgd import DPSGD
 from gossip.gossip_learning import GossipLearning
+from gossip.protocol import RoundProtocol
+from p2pfl.aggregation.registry import build_aggregator
 from p2pfl.compute import VirtualCompute
 from p2pfl.datasets import dirichlet_split, iid_split, labels_of, take
 from p2pfl.errors import ConfigError
@@ -27,7 +30,9 @@ from simulations.topology import build_topology
 from transport.memory import open_memory_network
 
 # Purposes for derived seeds, so that e.g. changing the data split never changes the topology.
-_TOPOLOGY, _SPLIT, _BATCHES, _PROTOCOL = range(4)
+_TOPOLOGY, _SPLIT, _BATCHES, _PROTOCOL, _INIT = range(5)
+
+PROTOCOLS = ("gossip", "dpsgd")
 
 
 @dataclass(frozen=True)
@@ -37,6 +42,14 @@ class EmulationConfig:
     nodes: int = 16
     topology: str = "random_regular"
     topology_params: dict[str, float] = field(default_factory=lambda: {"degree": 4})
+    protocol: str = "gossip"  # or "dpsgd"
+    aggregation: str = "fedavg"
+    aggregation_params: dict[str, object] = field(default_factory=dict)
+    init: str = "shared"  # or "independent": every node draws its own initial weights
+    hidden: tuple[int, ...] = (32,)
+    activation: str = "relu"
+    xavier: bool = False
+    evaluate_every: int = 1
     rounds: int = 40
     partition: str = "iid"
     alpha: float = 0.5
@@ -54,6 +67,12 @@ class EmulationConfig:
             raise ConfigError(f"nodes must be >= 2, got {self.nodes}")
         if self.rounds < 1:
             raise ConfigError(f"rounds must be >= 1, got {self.rounds}")
+        if self.protocol not in PROTOCOLS:
+            raise ConfigError(f"protocol must be one of {sorted(PROTOCOLS)}, got {self.protocol!r}")
+        if self.init not in ("shared", "independent"):
+            raise ConfigError(f"init must be 'shared' or 'independent', got {self.init!r}")
+        if self.evaluate_every < 1 or self.rounds % self.evaluate_every:
+            raise ConfigError(f"evaluate_every must be >= 1 and divide rounds, got {self.evaluate_every}")
         if self.partition not in ("iid", "dirichlet"):
             raise ConfigError(f"partition must be 'iid' or 'dirichlet', got {self.partition!r}")
         if self.partition == "dirichlet" and not self.alpha > 0:
@@ -117,7 +136,9 @@ def run_emulation(
     A caller's `graph` may have any node labels; they are taken in sorted order.
     """
     config = config or EmulationConfig()
-    task = task or digits_task(seed=config.seed)
+    task = task or digits_task(
+        seed=config.seed, hidden=config.hidden, activation=config.activation, xavier=config.xavier
+    )
     if graph is None:
         graph = build_topology(
             config.topology, config.nodes, seed=derive_seed(config.seed, _TOPOLOGY), **config.topology_params
@@ -143,20 +164,19 @@ async def _emulate(config: EmulationConfig, task: Task, graph: nx.Graph) -> list
             Node(
                 transport,
                 Learner(
-                    task.make_model(),
+                    task.make_model(
+                        seed=derive_seed(config.seed, _INIT, i if config.init == "independent" else 0)
+                    ),
                     take(task.train, shard),
                     task.test,
                     batch_size=config.batch_size,
                     lr=config.lr,
                     seed=derive_seed(config.seed, _BATCHES, i),
                 ),
-                protocol=GossipLearning(
-                    rounds=config.rounds,
-                    period=config.period,
-                    fanout=config.fanout,
-                    seed=derive_seed(config.seed, _PROTOCOL, i),
-                ),
+                protocol=_protocol(config, i),
+                aggregator=build_aggregator(config.aggregation, **config.aggregation_params),
                 local_steps=config.local_steps,
+                evaluate_every=config.evaluate_every,
                 compute=VirtualCompute(config.seconds_per_step),
             )
             for i, (transport, shard) in enumerate(zip(transports, shards, strict=True))
@@ -165,6 +185,13 @@ async def _emulate(config: EmulationConfig, task: Task, graph: nx.Graph) -> list
             for node in nodes:
                 nursery.start_soon(node.run)
     return nodes
+
+
+def _protocol(config: EmulationConfig, index: int) -> RoundProtocol:
+    if config.protocol == "dpsgd":
+        return DPSGD(rounds=config.rounds, period=config.period)
+    seed = derive_seed(config.seed, _PROTOCOL, index)
+    return GossipLearning(rounds=config.rounds, period=config.period, fanout=config.fanout, seed=seed)
 
 
 def _split(task: Task, config: EmulationConfig) -> list[np.ndarray]:
@@ -178,6 +205,8 @@ def _summarise(nodes: list[Node]) -> list[RoundSummary]:
     summaries = []
     for records in zip(*(node.history for node in nodes), strict=True):
         accuracies = [r.accuracy for r in records if r.accuracy is not None]
+        if not accuracies:
+            continue  # not an evaluation round
         summaries.append(
             RoundSummary(
                 round=records[0].round,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 
@@ -10,6 +10,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from p2pfl.datasets import load_digits
+from p2pfl.errors import ConfigError
 from p2pfl.models import mlp
 
 
@@ -17,16 +18,27 @@ from p2pfl.models import mlp
 class Task:
     """Training data to split across nodes, a shared test set, and how to build each node's model.
 
-    `make_model` is called once per node; a factory that seeds its initialisation gives every node
-    the same starting point, one that does not gives independent initialisations.
+    `make_model(seed=...)` is called once per node and must draw its initial weights from that seed
+    alone: the emulator passes one seed to every node for a shared initialisation, or a seed per
+    node for independent ones.
     """
 
     train: Dataset
     test: Dataset
-    make_model: Callable[[], nn.Module]
+    make_model: Callable[..., nn.Module]
 
 
-def digits_task(*, seed: int = 0, hidden: int = 32) -> Task:
-    """Digits (64 features, 10 classes) with an MLP 64-hidden-10 that every node initialises alike."""
+ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh}
+
+
+def digits_task(
+    *, seed: int = 0, hidden: Sequence[int] = (32,), activation: str = "relu", xavier: bool = False
+) -> Task:
+    """Digits (64 features, 10 classes) with an MLP 64-hidden...-10; `seed` fixes the train/test split."""
+    if activation not in ACTIVATIONS:
+        raise ConfigError(f"activation: unknown {activation!r}; choose one of {sorted(ACTIVATIONS)}")
     train, test = load_digits(seed=seed)
-    return Task(train=train, test=test, make_model=partial(mlp, (64, hidden, 10), seed=seed))
+    sizes = (64, *hidden, 10)
+    return Task(
+        train, test, make_model=partial(mlp, sizes, activation=ACTIVATIONS[activation], xavier=xavier)
+    )

@@ -1,38 +1,12 @@
 """Gossip learning against a scalar stand-in for the learning side: no torch needed at this layer."""
 
-import numpy as np
 import pytest
 import trio
 import trio.testing
+from scalar_learning import ScalarLearning
 
 from gossip.gossip_learning import GossipLearning
 from transport.memory import open_memory_network
-from transport.messages import ModelPayload
-
-
-class ScalarLearning:
-    """Each node's 'model' is one number; merging averages it with what arrived."""
-
-    def __init__(self, value: float) -> None:
-        self.value = value
-        self.trained = 0
-        self.merged_senders: list[list[str]] = []
-        self.finished: list[tuple[int, float]] = []
-
-    async def train(self) -> None:
-        self.trained += 1
-        await trio.sleep(0.1)  # training takes time, as the emulator charges it
-
-    def export_model(self) -> ModelPayload:
-        return ModelPayload({"x": np.array([self.value])}, weight=1.0)
-
-    async def merge(self, models) -> None:
-        self.merged_senders.append([sender for sender, _ in models])
-        values = [self.value] + [float(m.tensors["x"][0]) for _, m in models]
-        self.value = float(np.mean(values))
-
-    async def finish_round(self, round: int) -> None:
-        self.finished.append((round, trio.current_time()))
 
 
 def run_ring(n: int, rounds: int, *, fanout: int = 1, seed: int = 0):

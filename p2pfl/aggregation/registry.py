@@ -1,0 +1,23 @@
+"""Aggregation rules by name, for configs and scenario files."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from p2pfl.aggregation.base import Aggregator
+from p2pfl.aggregation.fedavg import FedAvg
+from p2pfl.errors import ConfigError
+
+AGGREGATORS: dict[str, Callable[..., Aggregator]] = {
+    "fedavg": FedAvg,
+}
+
+
+def build_aggregator(name: str, **params: object) -> Aggregator:
+    """The rule called `name`, built with its own keyword parameters; `ConfigError` names what is wrong."""
+    if name not in AGGREGATORS:
+        raise ConfigError(f"aggregation: unknown rule {name!r}; choose one of {sorted(AGGREGATORS)}")
+    try:
+        return AGGREGATORS[name](**params)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"aggregation {name!r}: {exc}") from exc
