@@ -6,10 +6,12 @@ from collections.abc import Callable
 
 from p2pfl.aggregation.base import Aggregator
 from p2pfl.aggregation.fedavg import FedAvg
+from p2pfl.aggregation.vca import VCA
 from p2pfl.errors import ConfigError
 
 AGGREGATORS: dict[str, Callable[..., Aggregator]] = {
     "fedavg": FedAvg,
+    "vca": VCA,
 }
 
 
