@@ -1,0 +1,97 @@
+"""MoDeST decentralized sampling: a per-round order over candidates, and the available prefix of it.
+
+Every node computes the same **order** for round r from the same candidates: peers sorted by
+``sha256(peer_id_utf8 || r as 8-byte big-endian unsigned)``, ties (which need a sha256 collision)
+broken by peer id. Python's `hash()` is salted per process and is never used.
+
+**Sample(r)** is the first s candidates of that order that answer a ping (`select_available`).
+Because `select_available` returns the first `count` available candidates *in order position*, its
+result for a smaller count is a prefix of its result for a larger one (given the same answers), so
+the aggregators for models of round r -- the first a available nodes of Sample(r+1) -- are simply
+``await select_available(sample_order(active, r + 1), a, ...)``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+
+import trio
+
+__all__ = ["DEFAULT_PING_TIMEOUT", "order_key", "sample_order", "select_available"]
+
+DEFAULT_PING_TIMEOUT = 5.0  # seconds, as in the MoDeST reference code
+
+_MAX_ROUND = 2**64 - 1
+
+
+def order_key(peer: str, round: int) -> bytes:
+    """The sort key of `peer` in `round`: ``sha256(peer.encode("utf-8") + round.to_bytes(8, "big"))``."""
+    if isinstance(round, bool) or not isinstance(round, int) or not 0 <= round <= _MAX_ROUND:
+        raise ValueError(f"round must be an int in [0, 2**64), got {round!r}")
+    return hashlib.sha256(peer.encode("utf-8") + round.to_bytes(8, "big")).digest()
+
+
+def sample_order(candidates: Iterable[str], round: int) -> list[str]:
+    """The distinct `candidates` sorted by `order_key` for `round` (then by peer id).
+
+    The result depends only on the set of candidates and the round, not on their input order or on
+    the process, so every node with the same view computes the same order.
+    """
+    order_key("", round)  # validate round even when there are no candidates
+    return sorted(set(candidates), key=lambda peer: (order_key(peer, round), peer))
+
+
+async def select_available(
+    order: Sequence[str],
+    count: int,
+    is_available: Callable[[str], Awaitable[bool]],
+    *,
+    timeout: float = DEFAULT_PING_TIMEOUT,
+) -> list[str]:
+    """The first `count` candidates of `order` that answer, in order position (not answer order).
+
+    Pings run concurrently: the first `count` candidates are pinged at once, and each one that
+    answers False (or does not answer within `timeout` seconds, measured on trio's clock from the
+    start of its ping) is replaced by the next candidate in order, so at most `count` pings are in
+    flight. It returns once every started ping has finished; at that point the ones that answered
+    are exactly the first `count` available candidates (or all available ones, if fewer). Duplicate
+    candidates count once. No task is left running when it returns.
+
+    `is_available(peer)` should return True if the peer answers; it is cancelled at the timeout.
+    Re-pinging within the timeout (MoDeST re-pings every second) is its business. Exceptions it
+    raises are not taken as "unavailable": they propagate (after the other pings are cancelled), so
+    a ping built on a transport should catch its own network errors and return False.
+    """
+    if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+        raise ValueError(f"count must be a non-negative int, got {count!r}")
+    if not (isinstance(timeout, int | float) and timeout > 0) or math.isnan(timeout):
+        raise ValueError(f"timeout must be > 0 seconds, got {timeout!r}")
+    candidates = list(dict.fromkeys(order))
+    answered = [False] * len(candidates)
+    next_index = min(count, len(candidates))
+
+    failure: list[Exception] = []
+
+    async def ping(index: int, nursery: trio.Nursery) -> None:
+        nonlocal next_index
+        ok = False
+        try:
+            with trio.move_on_after(timeout):
+                ok = bool(await is_available(candidates[index]))
+        except Exception as exc:  # re-raised bare below, not wrapped in the nursery's ExceptionGroup
+            failure.append(exc)
+            nursery.cancel_scope.cancel()
+            return
+        answered[index] = ok
+        if not ok and next_index < len(candidates):
+            nursery.start_soon(ping, next_index, nursery)
+            next_index += 1
+
+    async with trio.open_nursery() as nursery:
+        for index in range(next_index):
+            nursery.start_soon(ping, index, nursery)
+    if failure:
+        raise failure[0]
+    return [peer for peer, ok in zip(candidates, answered, strict=True) if ok]
