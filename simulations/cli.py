@@ -9,6 +9,7 @@ import click
 
 from p2pfl.errors import ConfigError
 from simulations.emulator import EmulationConfig, EmulationResult, run_emulation
+from simulations.scenario import ScenarioResult, load_scenario, run_scenario
 from simulations.topology import BUILDERS
 
 _DEFAULTS = EmulationConfig()
@@ -19,7 +20,11 @@ def sim() -> None:
     """Emulate a network of nodes in virtual time."""
 
 
+_SCENARIO_COMPATIBLE = {"scenario", "seed", "json_path"}
+
+
 @sim.command()
+@click.argument("scenario", required=False, type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--nodes", default=_DEFAULTS.nodes, show_default=True, help="Number of nodes.")
 @click.option(
     "--topology", type=click.Choice(sorted(BUILDERS)), default=_DEFAULTS.topology, show_default=True
@@ -38,7 +43,10 @@ def sim() -> None:
 @click.option(
     "--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the summary here."
 )
+@click.pass_context
 def run(
+    ctx: click.Context,
+    scenario: Path | None,
     nodes: int,
     topology: str,
     degree: int,
@@ -50,7 +58,21 @@ def run(
     seed: int,
     json_path: Path | None,
 ) -> None:
-    """Run gossip learning on digits (the default: 16 nodes on a random 4-regular graph)."""
+    """Run SCENARIO (a TOML file), or gossip learning on digits set up by the options.
+
+    With no arguments: 16 nodes on a random 4-regular graph. With a scenario file, only --seed and
+    --json may be given as well.
+    """
+    if scenario is not None:
+        given = {
+            name
+            for name in ctx.params
+            if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT
+        }
+        if extra := sorted(given - _SCENARIO_COMPATIBLE):
+            raise click.UsageError(f"options {extra} cannot be combined with a scenario file")
+        _run_scenario(scenario, seed=seed if "seed" in given else None, json_path=json_path)
+        return
     params = {
         "random_regular": {"degree": degree},
         "erdos_renyi": {"p": edge_p},
@@ -74,6 +96,39 @@ def run(
     if json_path is not None:
         json_path.write_text(json.dumps(result.to_json(), indent=2))
         click.echo(f"summary written to {json_path}")
+
+
+def _run_scenario(path: Path, *, seed: int | None, json_path: Path | None) -> None:
+    try:
+        scenario = load_scenario(path, seed=seed)
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from exc
+    click.echo(f"scenario {scenario.name}: {len(scenario.variants)} variant(s)")
+    result = run_scenario(scenario)
+    for name, variant_result in result.results.items():
+        click.echo(f"\n== {name}")
+        click.echo(format_table(variant_result))
+    click.echo("\n" + format_comparison(result))
+    if json_path is not None:
+        json_path.write_text(json.dumps(result.to_json(), indent=2))
+        click.echo(f"summary written to {json_path}")
+
+
+def format_comparison(result: ScenarioResult) -> str:
+    """One line per variant: final accuracy, traffic, and how fast it reached the target."""
+    target = result.scenario.target_accuracy
+    lines = [f"{'variant':<24} {'final acc':>9} {'MiB sent':>9} {'wall s':>7}  rounds/MiB to {target}"]
+    for name, summary in result.to_json()["variants"].items():
+        reached = "-"
+        if target is not None and summary["rounds_to_target"] is not None:
+            reached = f"{summary['rounds_to_target']} / {summary['bytes_to_target'] / 2**20:.2f}"
+        elif target is not None:
+            reached = "not reached"
+        lines.append(
+            f"{name:<24} {summary['final_mean_accuracy']:>9.4f} {summary['bytes_sent'] / 2**20:>9.2f} "
+            f"{summary['wall_s']:>7.1f}  {reached}"
+        )
+    return "\n".join(lines)
 
 
 def format_table(result: EmulationResult) -> str:

@@ -112,6 +112,10 @@ class EmulationResult:
     def final_mean_accuracy(self) -> float:
         return self.rounds[-1].mean_accuracy
 
+    def first_round_reaching(self, accuracy: float) -> RoundSummary | None:
+        """The first evaluated round whose mean accuracy is at least `accuracy`, if any."""
+        return next((r for r in self.rounds if r.mean_accuracy >= accuracy), None)
+
     @property
     def bytes_sent(self) -> int:
         return self.rounds[-1].bytes_sent

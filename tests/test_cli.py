@@ -21,3 +21,26 @@ def test_sim_run_reports_a_bad_setting_as_a_usage_error():
     result = CliRunner().invoke(main, ["sim", "run", "--nodes", "5", "--degree", "3"])
     assert result.exit_code == 2
     assert "degree" in result.output
+
+
+def test_sim_run_runs_a_scenario_file(tmp_path):
+    scenario = tmp_path / "s.toml"
+    scenario.write_text(
+        'name = "cli"\ntarget_accuracy = 0.0\n[base]\nnodes = 4\nrounds = 2\ntopology = "ring"\n'
+        '[[variants]]\nname = "a"\n[[variants]]\nname = "b"\nprotocol = "dpsgd"\n'
+    )
+    out = tmp_path / "out.json"
+    result = CliRunner().invoke(main, ["sim", "run", str(scenario), "--seed", "3", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "== a" in result.output and "== b" in result.output
+    summary = json.loads(out.read_text())
+    assert set(summary["variants"]) == {"a", "b"}
+    assert summary["variants"]["b"]["config"]["seed"] == 3
+    assert summary["variants"]["a"]["rounds_to_target"] == 1
+
+
+def test_sim_run_refuses_options_beside_a_scenario_file(tmp_path):
+    scenario = tmp_path / "s.toml"
+    scenario.write_text('name = "cli"\n')
+    result = CliRunner().invoke(main, ["sim", "run", str(scenario), "--nodes", "8"])
+    assert result.exit_code == 2 and "cannot be combined" in result.output

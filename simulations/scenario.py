@@ -1,0 +1,128 @@
+"""Scenario files: a TOML description of one or more emulation variants to run and compare.
+
+```toml
+name = "vca"
+description = "..."
+target_accuracy = 0.8          # optional: report rounds and bytes to reach it
+
+[base]                         # EmulationConfig fields shared by every variant
+nodes = 32
+protocol = "dpsgd"
+
+[[variants]]                   # each: a name plus the fields it changes
+name = "plain"
+aggregation = "fedavg"
+```
+
+Every field is validated (pydantic, against `EmulationConfig` itself, so there is one schema), and
+errors name the file, the variant and the field.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import ConfigDict, TypeAdapter, ValidationError, with_config
+
+from p2pfl.errors import ConfigError
+from simulations.emulator import EmulationConfig, EmulationResult, run_emulation
+
+
+@with_config(ConfigDict(extra="forbid"))
+@dataclass(frozen=True)
+class _ScenarioFile:
+    name: str
+    description: str = ""
+    target_accuracy: float | None = None
+    base: dict[str, Any] = field(default_factory=dict)
+    variants: list[dict[str, Any]] = field(default_factory=list)
+
+
+# Unknown fields in a variant are errors too, not silently ignored.
+_CONFIG = TypeAdapter(with_config(ConfigDict(extra="forbid"))(EmulationConfig))
+_FILE = TypeAdapter(_ScenarioFile)
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    config: EmulationConfig
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    description: str
+    target_accuracy: float | None
+    variants: tuple[Variant, ...]
+
+
+def load_scenario(path: str | Path, *, seed: int | None = None) -> Scenario:
+    """Read and validate a scenario file; `seed` overrides every variant's seed."""
+    path = Path(path)
+    try:
+        document = tomllib.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+    try:
+        spec = _FILE.validate_python(document)
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: {_describe(exc)}") from exc
+    raw_variants = spec.variants or [{"name": "default"}]
+    variants, names = [], set()
+    for index, raw in enumerate(raw_variants):
+        fields = dict(raw)
+        name = fields.pop("name", None)
+        where = f"{path}: variants[{index}]"
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"{where}.name: every variant needs a non-empty string name")
+        if name in names:
+            raise ConfigError(f"{where}.name: duplicate variant name {name!r}")
+        names.add(name)
+        merged = {**spec.base, **fields, **({"seed": seed} if seed is not None else {})}
+        try:
+            variants.append(Variant(name, _CONFIG.validate_python(merged)))
+        except ValidationError as exc:
+            raise ConfigError(f"{where} ({name}): {_describe(exc)}") from exc
+    return Scenario(spec.name, spec.description, spec.target_accuracy, tuple(variants))
+
+
+@dataclass(frozen=True)
+class ScenarioResult:
+    scenario: Scenario
+    results: dict[str, EmulationResult]
+
+    def to_json(self) -> dict:
+        target = self.scenario.target_accuracy
+        variants = {}
+        for name, result in self.results.items():
+            summary = result.to_json()
+            if target is not None:
+                reached = result.first_round_reaching(target)
+                summary["rounds_to_target"] = reached.round if reached else None
+                summary["bytes_to_target"] = reached.bytes_sent if reached else None
+            variants[name] = summary
+        return {
+            "scenario": self.scenario.name,
+            "description": self.scenario.description,
+            "target_accuracy": target,
+            "variants": variants,
+        }
+
+
+def run_scenario(scenario: Scenario) -> ScenarioResult:
+    """Run every variant in order."""
+    return ScenarioResult(scenario, {v.name: run_emulation(v.config) for v in scenario.variants})
+
+
+def _describe(error: ValidationError) -> str:
+    """pydantic's errors as 'field.path: message; ...'."""
+    parts = []
+    for item in error.errors():
+        location = ".".join(str(part) for part in item["loc"])
+        message = item["msg"].removeprefix("Value error, ")
+        parts.append(f"{location}: {message}" if location else message)
+    return "; ".join(parts)

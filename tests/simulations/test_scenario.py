@@ -1,0 +1,82 @@
+import pytest
+
+from p2pfl.errors import ConfigError
+from simulations.scenario import load_scenario, run_scenario
+
+SMALL = """
+name = "small"
+target_accuracy = {target}
+
+[base]
+nodes = 4
+rounds = 3
+topology = "ring"
+topology_params = {{}}
+local_steps = 3
+
+[[variants]]
+name = "gossip"
+
+[[variants]]
+name = "dpsgd"
+protocol = "dpsgd"
+"""
+
+
+def write(tmp_path, text):
+    path = tmp_path / "scenario.toml"
+    path.write_text(text)
+    return path
+
+
+def test_variants_inherit_the_base_and_override_their_own_fields(tmp_path):
+    scenario = load_scenario(write(tmp_path, SMALL.format(target=0.5)))
+    assert [v.name for v in scenario.variants] == ["gossip", "dpsgd"]
+    assert [v.config.protocol for v in scenario.variants] == ["gossip", "dpsgd"]
+    assert all(v.config.nodes == 4 and v.config.topology == "ring" for v in scenario.variants)
+
+
+def test_seed_override_applies_to_every_variant(tmp_path):
+    scenario = load_scenario(write(tmp_path, SMALL.format(target=0.5)), seed=9)
+    assert {v.config.seed for v in scenario.variants} == {9}
+
+
+def test_json_reports_rounds_and_bytes_to_target_or_null(tmp_path):
+    reached = run_scenario(load_scenario(write(tmp_path, SMALL.format(target=0.0)))).to_json()
+    assert set(reached["variants"]) == {"gossip", "dpsgd"}
+    for summary in reached["variants"].values():
+        assert summary["rounds_to_target"] == 1
+        assert summary["bytes_to_target"] == summary["rounds"][0]["bytes_sent"] > 0
+        assert {"final_mean_accuracy", "rounds", "bytes_sent", "wall_s"} <= summary.keys()
+    never = run_scenario(load_scenario(write(tmp_path, SMALL.format(target=1.01)))).to_json()
+    assert all(
+        s["rounds_to_target"] is None and s["bytes_to_target"] is None for s in never["variants"].values()
+    )
+
+
+def test_a_file_without_variants_is_one_default_variant(tmp_path):
+    scenario = load_scenario(write(tmp_path, 'name = "one"\n[base]\nnodes = 3\ntopology = "ring"\n'))
+    assert [v.name for v in scenario.variants] == ["default"]
+    assert scenario.variants[0].config.nodes == 3
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("name = ", "scenario.toml"),  # not TOML
+        ('nam = "x"', "name"),  # missing required, unknown key
+        ('name = "x"\ncolour = 1', "colour"),
+        ('name = "x"\n[base]\nnodez = 3', "variants\\[0\\] \\(default\\): nodez"),
+        ('name = "x"\n[base]\nnodes = "many"', "nodes: Input should be a valid integer"),
+        ('name = "x"\n[base]\nnodes = 1', "nodes must be >= 2"),
+        ('name = "x"\n[base]\nprotocol = "flood"', "protocol must be one of"),
+        ('name = "x"\n[base]\ninit = "random"', "init must be"),
+        ('name = "x"\n[base]\nhidden = "wide"', "hidden"),
+        ('name = "x"\n[[variants]]\nnodes = 3', "variants\\[0\\].name"),
+        ('name = "x"\n[[variants]]\nname = "a"\n[[variants]]\nname = "a"', "duplicate variant name"),
+        ('name = "x"\ntarget_accuracy = "high"', "target_accuracy"),
+    ],
+)
+def test_errors_name_the_file_and_field(tmp_path, text, message):
+    with pytest.raises(ConfigError, match=message):
+        load_scenario(write(tmp_path, text))
