@@ -41,7 +41,7 @@ class EmulationConfig:
 
     nodes: int = 16
     topology: str = "random_regular"
-    topology_params: dict[str, float] = field(default_factory=lambda: {"degree": 4})
+    topology_params: dict[str, int | float] = field(default_factory=dict)
     protocol: str = "gossip"  # or "dpsgd"
     aggregation: str = "fedavg"
     aggregation_params: dict[str, object] = field(default_factory=dict)

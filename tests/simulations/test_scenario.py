@@ -36,6 +36,14 @@ def test_variants_inherit_the_base_and_override_their_own_fields(tmp_path):
     assert all(v.config.nodes == 4 and v.config.topology == "ring" for v in scenario.variants)
 
 
+def test_integer_topology_parameters_stay_integers(tmp_path):
+    text = 'name = "x"\n[base]\nnodes = 6\nrounds = 1\ntopology_params = { degree = 2 }\n'
+    (variant,) = load_scenario(write(tmp_path, text)).variants
+    assert variant.config.topology_params == {"degree": 2}
+    assert type(variant.config.topology_params["degree"]) is int
+    assert len(run_scenario(load_scenario(write(tmp_path, text))).results["default"].rounds) == 1
+
+
 def test_seed_override_applies_to_every_variant(tmp_path):
     scenario = load_scenario(write(tmp_path, SMALL.format(target=0.5)), seed=9)
     assert {v.config.seed for v in scenario.variants} == {9}
