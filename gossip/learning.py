@@ -29,5 +29,15 @@ class Learning(Protocol):
         mixing matrix (D-PSGD) passes `mixing`: a weight per sender and one for the local peer.
         """
 
+    async def adopt(self, sender: PeerId, model: ModelPayload) -> bool:
+        """Replace the local model by `model` (e.g. a round's aggregate); False if it failed validation."""
+
+    async def aggregate(self, models: Sequence[tuple[PeerId, ModelPayload]]) -> ModelPayload | None:
+        """Merge received models, as a federated server would, without touching the local model.
+
+        The local model takes part with weight zero (rules that anchor on it, like clipping, still
+        use it as reference). None when no model passed validation.
+        """
+
     async def finish_round(self, round: int) -> None:
         """Called once per completed round, e.g. to evaluate and record metrics."""

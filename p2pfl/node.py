@@ -119,23 +119,47 @@ class _NodeLearning(Learning):
     ) -> None:
         node = self._node
         own = node.learner.state()
-        received = []
+        received = self._validated(own, models)
+        if mixing is not None:
+            received = [replace(c, weight=mixing[c.sender]) for c in received]
+        if received:
+            own_weight = mixing[node.peer_id] if mixing is not None else float(node.learner.num_samples)
+            node.learner.load(
+                node.aggregator.aggregate(Contribution(node.peer_id, own, own_weight), received)
+            )
+        await trio.lowlevel.checkpoint()
+
+    async def adopt(self, sender: PeerId, model: ModelPayload) -> bool:
+        node = self._node
+        (received,) = self._validated(node.learner.state(), [(sender, model)]) or (None,)
+        if received is not None:
+            node.learner.load(received.state)
+        await trio.lowlevel.checkpoint()
+        return received is not None
+
+    async def aggregate(self, models: Sequence[tuple[PeerId, ModelPayload]]) -> ModelPayload | None:
+        node = self._node
+        own = node.learner.state()
+        received = self._validated(own, models)
+        await trio.lowlevel.checkpoint()
+        if not received:
+            return None
+        merged = node.aggregator.aggregate(Contribution(node.peer_id, own, 0.0), received)
+        return ModelPayload(tensors=merged.to_numpy(), weight=sum(c.weight for c in received))
+
+    def _validated(
+        self, own: ModelState, models: Sequence[tuple[PeerId, ModelPayload]]
+    ) -> list[Contribution]:
+        """Contributions for the models that fit the local one; the others are logged and counted."""
+        node = self._node
+        valid = []
         for sender, payload in models:
             try:
-                contribution = _contribution(own, sender, payload)
+                valid.append(_contribution(own, sender, payload))
             except IncompatibleModel as exc:
                 node.models_rejected += 1
                 log.warning("%s rejected a model from %s: %s", node.peer_id, sender, exc)
-                continue
-            if mixing is not None:
-                contribution = replace(contribution, weight=mixing[sender])
-            received.append(contribution)
-        if received:
-            own_weight = mixing[node.peer_id] if mixing is not None else float(node.learner.num_samples)
-            own_contribution = Contribution(node.peer_id, own, own_weight)
-            merged = node.aggregator.aggregate(own_contribution, received)
-            node.learner.load(merged)
-        await trio.lowlevel.checkpoint()
+        return valid
 
     async def finish_round(self, round: int) -> None:
         node = self._node

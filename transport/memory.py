@@ -7,6 +7,7 @@ latency costs no wall time, which is what lets the emulator run many nodes in vi
 
 from __future__ import annotations
 
+import bisect
 import logging
 import math
 from collections.abc import AsyncIterator
@@ -23,13 +24,18 @@ log = logging.getLogger(__name__)
 
 @asynccontextmanager
 async def open_memory_network(
-    *, latency: float = 0.0, limits: codec.Limits = codec.DEFAULT_LIMITS
+    *, latency: float = 0.0, limits: codec.Limits = codec.DEFAULT_LIMITS, dial_any: bool = False
 ) -> AsyncIterator[MemoryNetwork]:
-    """Open a network whose in-flight messages live in a nursery that closes with the block."""
+    """Open a network whose in-flight messages live in a nursery that closes with the block.
+
+    With `dial_any`, a peer may send to any peer of the network, linked or not, as a libp2p node
+    dials any peer whose address it knows; protocols that pick partners from a membership view
+    (MoDeST) need this. Without it, only linked peers (the topology's edges) can talk.
+    """
     if latency < 0:
         raise ValueError(f"latency must be >= 0, got {latency}")
     async with trio.open_nursery() as nursery:
-        yield MemoryNetwork(nursery, latency=latency, limits=limits)
+        yield MemoryNetwork(nursery, latency=latency, limits=limits, dial_any=dial_any)
         nursery.cancel_scope.cancel()
 
 
@@ -39,11 +45,35 @@ class MemoryNetwork:
     `latency` (seconds) is charged on every delivery. Create it with `open_memory_network`.
     """
 
-    def __init__(self, nursery: trio.Nursery, *, latency: float, limits: codec.Limits) -> None:
+    def __init__(
+        self, nursery: trio.Nursery, *, latency: float, limits: codec.Limits, dial_any: bool
+    ) -> None:
         self.latency = latency
         self.limits = limits
+        self.dial_any = dial_any
         self._nursery = nursery
         self._transports: dict[PeerId, MemoryTransport] = {}
+        self._crashed: set[PeerId] = set()
+        # Network-wide bytes sent, as (virtual instant, cumulative total) steps.
+        self._traffic_times: list[float] = []
+        self._traffic_totals: list[int] = []
+
+    def crash(self, peer_id: PeerId) -> None:
+        """Make `peer_id` unresponsive: what it is sent vanishes and nobody is told.
+
+        That is how a crashed or partitioned host looks from outside until a timeout says
+        otherwise; the caller also stops the peer's own tasks.
+        """
+        if peer_id not in self._transports:
+            raise KeyError(f"unknown peer {peer_id!r}")
+        self._crashed.add(peer_id)
+
+    def bytes_sent(self, *, until: float | None = None) -> int:
+        """Bytes sent by all peers together, up to and including virtual instant `until` (default: now)."""
+        if until is None:
+            return self._traffic_totals[-1] if self._traffic_totals else 0
+        index = bisect.bisect_right(self._traffic_times, until)
+        return self._traffic_totals[index - 1] if index else 0
 
     def add_peer(self, peer_id: PeerId) -> MemoryTransport:
         if peer_id in self._transports:
@@ -72,7 +102,20 @@ class MemoryNetwork:
         ta._push(PeerDisconnected(b))
         tb._push(PeerDisconnected(a))
 
+    def _can_send(self, sender: PeerId, recipient: PeerId) -> bool:
+        if recipient in self._transports[sender]._links:
+            return True
+        return self.dial_any and recipient in self._transports and recipient != sender
+
     def _deliver(self, sender: PeerId, recipient: PeerId, frame: bytes, topic: str | None) -> None:
+        now = trio.current_time()
+        if self._traffic_times and self._traffic_times[-1] == now:
+            self._traffic_totals[-1] += len(frame)
+        else:
+            self._traffic_times.append(now)
+            self._traffic_totals.append(self.bytes_sent() + len(frame))
+        if recipient in self._crashed or sender in self._crashed:
+            return
         self._nursery.start_soon(self._deliver_after_latency, sender, recipient, frame, topic)
 
     async def _deliver_after_latency(
@@ -102,7 +145,7 @@ class MemoryTransport(Transport):
         return self._events
 
     async def send(self, peer: PeerId, message: object) -> None:
-        if peer not in self._links:
+        if not self._network._can_send(self.peer_id, peer):
             raise PeerUnreachable(f"{self.peer_id} is not connected to {peer}")
         self._transmit(peer, codec.encode(message), topic=None)
         await trio.lowlevel.checkpoint()
@@ -124,8 +167,10 @@ class MemoryTransport(Transport):
         self._network._deliver(self.peer_id, peer, frame, topic)
 
     def _accept(self, sender: PeerId, frame: bytes, topic: str | None) -> None:
-        if topic is None and sender not in self._links:
+        if topic is None and not self._network._can_send(sender, self.peer_id):
             return  # the link went down while the message was in flight
+        if self.peer_id in self._network._crashed:
+            return
         self.stats.bytes_received += len(frame)
         try:
             message = codec.decode(frame, limits=self._network.limits)

@@ -118,3 +118,50 @@ def test_duplicate_peer_and_negative_latency_are_errors():
                 pass
 
     run_virtual(main)
+
+
+def test_dial_any_reaches_unlinked_peers_and_crash_silences_a_peer():
+    async def main():
+        async with open_memory_network(latency=0.1, dial_any=True) as net:
+            a, b, c = net.add_peer("a"), net.add_peer("b"), net.add_peer("c")
+            await a.send("b", update(1))  # no link needed
+            assert (await b.events.receive()).message.round == 1
+            with pytest.raises(PeerUnreachable):
+                await a.send("nobody", update(1))
+            net.crash("c")
+            await a.send("c", update(2))  # a crashed host looks alive to the sender ...
+            await c.send("b", update(3))
+            await trio.sleep(1.0)
+            assert c.stats.messages_received == 0  # ... but nothing arrives, either way
+            assert b.stats.messages_received == 1
+            with pytest.raises(KeyError):
+                net.crash("nobody")
+
+    run_virtual(main)
+
+
+def test_without_dial_any_only_linked_peers_talk():
+    async def main():
+        async with open_memory_network() as net:
+            a, _ = net.add_peer("a"), net.add_peer("b")
+            with pytest.raises(PeerUnreachable):
+                await a.send("b", update(1))
+
+    run_virtual(main)
+
+
+def test_network_bytes_timeline_counts_every_send_at_its_instant():
+    async def main():
+        async with open_memory_network(dial_any=True) as net:
+            a, _ = net.add_peer("a"), net.add_peer("b")
+            await trio.sleep(1.0)
+            await a.send("b", update(1))
+            first = a.stats.bytes_sent
+            await trio.sleep(1.0)
+            await a.send("b", update(2))
+            await a.send("b", update(3))
+            assert net.bytes_sent(until=0.5) == 0
+            assert net.bytes_sent(until=1.5) == first
+            assert net.bytes_sent() == net.bytes_sent(until=2.0) == a.stats.bytes_sent == 3 * first
+
+    run_virtual(main)

@@ -1,0 +1,288 @@
+"""MoDeST: decentralized sampling of each round's trainers and aggregators (ALGORITHMS.md section 1).
+
+No node is special. For round r every node that needs to know computes the same order over the peers
+its membership view calls active (`sampling.sample_order`) and takes the first ones that answer a
+ping. Sample(r) trains round r; the first `a` available nodes of Sample(r+1) aggregate the models of
+round r and send the aggregate to all of Sample(r+1), who adopt it and train round r+1.
+
+Round 0 is the initial model: the first `s` available nodes of order(1) train round 1 on their own
+initial models (every node checks whether it is one of them).
+
+A node knows round r is done when it adopts the aggregate of round r; that is when it records the
+round (`Learning.finish_round`), so per-round metrics come from the nodes of Sample(r+1). Messages of
+stale rounds are dropped and a newer aggregate pre-empts training on an older one, so a slow or
+partitioned node can never drag the system back. Views ride on every model message; a node that
+joins advertises itself to a few peers and a node that stops gracefully advertises its leave.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import trio
+
+from gossip.learning import Learning
+from gossip.membership import View, ViewEntry
+from gossip.modest_settings import ModestSettings
+from gossip.ping import Ping, Pinger, Pong
+from gossip.protocol import RoundProtocol
+from gossip.sampling import sample_order, select_available
+from transport.base import PeerId, Received, Transport
+from transport.codec import message
+from transport.errors import PeerUnreachable
+from transport.messages import ModelPayload
+
+log = logging.getLogger(__name__)
+
+_LEAVE_DEADLINE = 1.0  # seconds a stopping node spends telling peers it leaves
+
+
+@message("modest_model", version=1)
+@dataclass(frozen=True, slots=True, eq=False)
+class ModestModel:
+    """A model of `round`: trained by a member of Sample(round), or (`aggregated`) their merge."""
+
+    round: int
+    aggregated: bool
+    model: ModelPayload
+    view: list[ViewEntry]
+
+
+@message("membership_update", version=1)
+@dataclass(frozen=True, slots=True, eq=False)
+class MembershipUpdate:
+    """A view sent outside a round: a join or leave advertisement, or (`reply`=False) the answer to one."""
+
+    view: list[ViewEntry]
+    reply: bool
+
+
+@dataclass(frozen=True)
+class Modest(RoundProtocol):
+    """The MoDeST round protocol.
+
+    `participants`: peers known to be members from the start (the bootstrap view; every node of a
+    deployment should be given the same list). A node not in it joins: it advertises itself to
+    `join_fanout` of them and trains once a sample picks it. The run ends on this node when it has
+    adopted the aggregate of round `rounds`; a node never sampled again serves until cancelled.
+    Cancelled before that, it advertises its leave to `join_fanout` peers unless `leave_on_stop`
+    is False (an emulator stopping every node at once has nobody left to tell).
+    """
+
+    rounds: int
+    participants: tuple[PeerId, ...]
+    settings: ModestSettings = field(default_factory=ModestSettings)
+    join_fanout: int = 3
+    leave_on_stop: bool = True
+
+    def __post_init__(self) -> None:
+        if self.rounds < 0:
+            raise ValueError(f"rounds must be >= 0, got {self.rounds}")
+        if self.join_fanout < 1:
+            raise ValueError(f"join_fanout must be >= 1, got {self.join_fanout}")
+
+    async def run(self, transport: Transport, learning: Learning) -> None:
+        await _ModestNode(self, transport, learning).run()
+
+
+class _ModestNode:
+    """One node's MoDeST state: its view, the round it follows, and what it buffers as aggregator."""
+
+    def __init__(self, protocol: Modest, transport: Transport, learning: Learning) -> None:
+        self.protocol = protocol
+        self.settings = protocol.settings
+        self.transport = transport
+        self.learning = learning
+        self.own = transport.peer_id
+        self.view = View(self.own)
+        for peer in sorted(protocol.participants):
+            self.view.join(peer, 0)
+        self.joining = self.own not in protocol.participants
+        self.view.join(self.own, 0)
+        self.pinger = Pinger(transport, interval=self.settings.ping_interval)
+        self.adopted_round = 0  # newest aggregate this node adopted (0: the initial model)
+        self.aggregated_round = 0  # newest round this node aggregated
+        self.buffers: dict[int, dict[PeerId, ModelPayload]] = {}
+        self.training: trio.CancelScope | None = None
+        self.finished = trio.Event()
+
+    async def run(self) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                self.nursery = nursery
+                nursery.start_soon(self._serve)
+                if self.joining:
+                    nursery.start_soon(self._advertise, self.protocol.join_fanout, True)
+                elif self.protocol.rounds > 0:
+                    nursery.start_soon(self._start_if_sampled)
+                else:
+                    self.finished.set()
+                await self.finished.wait()
+                nursery.cancel_scope.cancel()
+        finally:
+            if self.protocol.leave_on_stop and not self.finished.is_set():
+                await self._leave()
+
+    # --- events -------------------------------------------------------------------------------------
+
+    async def _serve(self) -> None:
+        async for event in self.transport.events:
+            if not isinstance(event, Received):
+                continue
+            if isinstance(event.message, Ping | Pong):
+                self._note_pong(event)
+                await self.pinger.handle(event)
+            elif isinstance(event.message, ModestModel):
+                self._on_model(event.sender, event.message)
+            elif isinstance(event.message, MembershipUpdate):
+                await self._on_membership(event.sender, event.message)
+
+    def _note_pong(self, event: Received) -> None:
+        if isinstance(event.message, Pong):
+            self.view.mark_active(event.sender, self.adopted_round)
+
+    def _merge_view(self, sender: PeerId, entries: list[ViewEntry]) -> bool:
+        try:
+            self.view.merge(entries)
+        except ValueError as exc:
+            self.transport.stats.messages_rejected += 1
+            log.warning("%s dropped a message from %s with a bad view: %s", self.own, sender, exc)
+            return False
+        return True
+
+    def _on_model(self, sender: PeerId, msg: ModestModel) -> None:
+        if not self._merge_view(sender, msg.view):
+            return
+        self.view.mark_active(sender, msg.round)
+        if msg.aggregated:
+            self._on_aggregate(sender, msg.round, msg.model)
+        else:
+            self._on_trained(sender, msg.round, msg.model)
+
+    async def _on_membership(self, sender: PeerId, msg: MembershipUpdate) -> None:
+        if not self._merge_view(sender, msg.view):
+            return
+        if msg.reply:
+            # A join advertisement: the joiner cannot know the current round, so the peers it
+            # told vouch for it; its record then spreads with their model messages.
+            self.view.mark_active(sender, self.adopted_round)
+            try:
+                await self.transport.send(sender, MembershipUpdate(self.view.entries(), reply=False))
+            except PeerUnreachable as exc:
+                log.info("%s could not answer %s's membership update: %s", self.own, sender, exc)
+
+    # --- trainer ------------------------------------------------------------------------------------
+
+    async def _start_if_sampled(self) -> None:
+        sample = await self._sample(1, self.settings.s)
+        if self.own in sample and self.adopted_round == 0 and self.training is None:
+            self._start_training(1, None)
+
+    def _on_aggregate(self, sender: PeerId, round: int, model: ModelPayload) -> None:
+        if round <= self.adopted_round:
+            return  # stale, or a second aggregator's copy of a round already adopted
+        self.adopted_round = round
+        self.view.mark_active(self.own, round)
+        self._start_training(round + 1, (sender, model))
+
+    def _start_training(self, round: int, aggregate: tuple[PeerId, ModelPayload] | None) -> None:
+        if self.training is not None:
+            self.training.cancel()  # a newer round pre-empts the older one
+        scope = self.training = trio.CancelScope()
+        self.nursery.start_soon(self._train, round, aggregate, scope)
+
+    async def _train(
+        self, round: int, aggregate: tuple[PeerId, ModelPayload] | None, scope: trio.CancelScope
+    ) -> None:
+        with scope:
+            if aggregate is not None:
+                if not await self.learning.adopt(*aggregate):
+                    return  # the learning side logged and counted the bad model
+                await self.learning.finish_round(round - 1)
+                if round - 1 >= self.protocol.rounds:
+                    self.finished.set()
+                    return
+            await self.learning.train()
+            trained = self.learning.export_model()
+            aggregators = await self._sample(round + 1, self.settings.a)
+            outgoing = ModestModel(round, False, trained, self.view.entries())
+            for aggregator in aggregators:
+                await self._send(aggregator, outgoing)
+
+    # --- aggregator ---------------------------------------------------------------------------------
+
+    def _on_trained(self, sender: PeerId, round: int, model: ModelPayload) -> None:
+        if round <= self.aggregated_round:
+            return  # that round is merged already
+        buffer = self.buffers.setdefault(round, {})
+        first = not buffer
+        buffer[sender] = model
+        if len(buffer) >= self.settings.models_needed:
+            self.nursery.start_soon(self._aggregate, round)
+        elif first and self.settings.aggregation_timeout is not None:
+            self.nursery.start_soon(self._aggregate_after_timeout, round)
+
+    async def _aggregate_after_timeout(self, round: int) -> None:
+        await trio.sleep(self.settings.aggregation_timeout or 0.0)
+        if len(self.buffers.get(round, ())) >= self.settings.min_models:
+            await self._aggregate(round)
+
+    async def _aggregate(self, round: int) -> None:
+        if round <= self.aggregated_round or round not in self.buffers:
+            return
+        self.aggregated_round = round
+        models = self.buffers.pop(round)
+        for stale in [r for r in self.buffers if r <= round]:
+            del self.buffers[stale]
+        merged = await self.learning.aggregate([(peer, models[peer]) for peer in sorted(models)])
+        if merged is None:
+            return
+        sample = await self._sample(round + 1, self.settings.s)
+        outgoing = ModestModel(round, True, merged, self.view.entries())
+        for peer in sample:
+            await self._send(peer, outgoing)
+
+    # --- sampling and sending -----------------------------------------------------------------------
+
+    async def _sample(self, round: int, count: int) -> list[PeerId]:
+        """The first `count` available nodes of Sample(`round`)."""
+        candidates = self.view.active(round, self.settings.inactivity_threshold)
+        return await select_available(
+            sample_order(candidates, round),
+            count,
+            self.pinger.is_available,
+            timeout=self.settings.ping_timeout,
+        )
+
+    async def _send(self, peer: PeerId, msg: ModestModel) -> None:
+        if peer == self.own:
+            self._on_model(peer, msg)
+            return
+        try:
+            await self.transport.send(peer, msg)
+        except PeerUnreachable as exc:
+            log.info("%s could not send round %d to %s: %s", self.own, msg.round, peer, exc)
+
+    # --- membership adverts -------------------------------------------------------------------------
+
+    async def _advertise(self, fanout: int, reply: bool) -> None:
+        """Send the own view (and so the own JOIN or LEAVE) to the first `fanout` reachable peers."""
+        everyone = self.view.active(self.adopted_round, self.adopted_round)
+        peers = [peer for peer in everyone if peer != self.own]
+        update = MembershipUpdate(self.view.entries(), reply=reply)
+        told = 0
+        for peer in sample_order(peers, self.adopted_round):
+            if told >= fanout:
+                break
+            try:
+                await self.transport.send(peer, update)
+                told += 1
+            except PeerUnreachable as exc:
+                log.info("%s could not advertise to %s: %s", self.own, peer, exc)
+
+    async def _leave(self) -> None:
+        self.view.leave(self.own, self.adopted_round)
+        with trio.move_on_after(_LEAVE_DEADLINE) as scope:
+            scope.shield = True
+            await self._advertise(self.protocol.join_fanout, False)

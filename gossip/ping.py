@@ -1,0 +1,77 @@
+"""Liveness pings: is a peer answering right now?
+
+MoDeST picks each round's sample from the peers that answer a ping, so a crashed peer costs one
+timeout instead of a stalled round. Answers are matched by (peer, nonce), so a peer cannot answer
+for another.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from itertools import count
+
+import trio
+
+from transport.base import PeerId, Received, Transport
+from transport.codec import message
+from transport.errors import PeerUnreachable
+
+
+@message("ping", version=1)
+@dataclass(frozen=True, slots=True)
+class Ping:
+    nonce: int
+
+
+@message("pong", version=1)
+@dataclass(frozen=True, slots=True)
+class Pong:
+    nonce: int
+
+
+class Pinger:
+    """Sends pings and answers them; the protocol's event loop hands it every ping and pong."""
+
+    def __init__(self, transport: Transport, *, interval: float = 1.0) -> None:
+        if not interval > 0:
+            raise ValueError(f"ping interval must be > 0 seconds, got {interval}")
+        self._transport = transport
+        self._interval = interval
+        self._nonces = count(1)
+        self._waiting: dict[tuple[PeerId, int], trio.Event] = {}
+
+    async def is_available(self, peer: PeerId) -> bool:
+        """True once `peer` answers; wrap it in a cancel scope for the timeout. The own peer always is.
+
+        The ping is repeated every `interval` seconds until answered, so one lost message costs an
+        interval rather than the caller's whole timeout.
+        """
+        if peer == self._transport.peer_id:
+            await trio.lowlevel.checkpoint()
+            return True
+        key = (peer, next(self._nonces))
+        answered = self._waiting[key] = trio.Event()
+        try:
+            while True:
+                await self._transport.send(peer, Ping(key[1]))
+                with trio.move_on_after(self._interval):
+                    await answered.wait()
+                    return True
+        except PeerUnreachable:
+            return False
+        finally:
+            del self._waiting[key]
+
+    async def handle(self, event: Received) -> bool:
+        """Answer a ping or note a pong; False if `event` is neither."""
+        if isinstance(event.message, Ping):
+            with contextlib.suppress(PeerUnreachable):  # it asked and left: nothing to answer
+                await self._transport.send(event.sender, Pong(event.message.nonce))
+            return True
+        if isinstance(event.message, Pong):
+            answered = self._waiting.get((event.sender, event.message.nonce))
+            if answered is not None:
+                answered.set()
+            return True
+        return False

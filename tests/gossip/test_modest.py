@@ -1,0 +1,181 @@
+import numpy as np
+import pytest
+import trio
+import trio.testing
+from scalar_learning import ScalarLearning
+
+from gossip.membership import ViewEntry
+from gossip.modest import MembershipUpdate, Modest, ModestModel
+from gossip.modest_settings import ModestSettings
+from gossip.sampling import sample_order
+from transport import codec
+from transport.memory import open_memory_network
+from transport.messages import ModelPayload
+
+
+def run_modest(
+    n: int,
+    rounds: int,
+    settings: ModestSettings,
+    *,
+    crash: dict[str, float] | None = None,
+    leave: dict[str, float] | None = None,
+    join: dict[str, float] | None = None,
+    until: float = 1_000.0,
+):
+    """Run MoDeST on `n` peers (plus `join`ers, started late) with scalar models that gain 1 per training.
+
+    `crash` and `leave` map a peer to the virtual time it stops: crashed peers vanish silently,
+    leaving ones stop gracefully. The run ends when a node finished round `rounds` or at `until`.
+    """
+    founders = [f"p{i:02d}" for i in range(n)]
+    everyone = founders + sorted(join or {})
+    learnings = {p: ScalarLearning(0.0, peer_id=p, step=1.0) for p in everyone}
+    protocol = Modest(rounds=rounds, participants=tuple(founders), settings=settings)
+
+    async def main():
+        async with open_memory_network(latency=0.01, dial_any=True) as net:
+            transports = {p: net.add_peer(p) for p in everyone}
+            scopes = {p: trio.CancelScope() for p in everyone}
+
+            async def node(peer, start):
+                await trio.sleep(start)
+                with scopes[peer]:
+                    await protocol.run(transports[peer], learnings[peer])
+
+            async def stop(peer, at, crashed):
+                await trio.sleep(at)
+                if crashed:
+                    net.crash(peer)
+                scopes[peer].cancel()
+
+            async with trio.open_nursery() as nursery:
+                for peer in everyone:
+                    nursery.start_soon(node, peer, (join or {}).get(peer, 0.0))
+                for peer, at in (crash or {}).items():
+                    nursery.start_soon(stop, peer, at, True)
+                for peer, at in (leave or {}).items():
+                    nursery.start_soon(stop, peer, at, False)
+                with trio.move_on_after(until):
+                    while not any(r == rounds for lr in learnings.values() for r, _ in lr.finished):
+                        await trio.sleep(0.5)
+                nursery.cancel_scope.cancel()
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    return learnings
+
+
+def finishers(learnings, round_):
+    return sorted(p for p, lr in learnings.items() if any(r == round_ for r, _ in lr.finished))
+
+
+def test_each_round_is_trained_by_s_nodes_and_adopted_by_the_next_sample():
+    settings = ModestSettings(s=3, a=1)
+    learnings = run_modest(10, 6, settings)
+    for round_ in range(1, 7):
+        assert len(finishers(learnings, round_)) == 3
+    # every node trained the shared model once per round it was in: the aggregate of round r is r
+    for lr in learnings.values():
+        for round_, _ in lr.finished:
+            assert round_ >= 1
+    assert all(lr.value == 6.0 for p, lr in learnings.items() if p in finishers(learnings, 6))
+    assert sum(lr.trained for lr in learnings.values()) == 3 * 6
+
+
+def test_the_sample_is_the_hash_order_of_the_view():
+    peers = [f"p{i:02d}" for i in range(10)]
+    learnings = run_modest(10, 4, ModestSettings(s=3, a=1))
+    for round_ in range(1, 5):
+        assert finishers(learnings, round_) == sorted(sample_order(peers, round_ + 1)[:3])
+
+
+def test_aggregators_merge_exactly_the_models_of_their_round():
+    learnings = run_modest(12, 5, ModestSettings(s=4, a=1))
+    merges = [senders for lr in learnings.values() for senders in lr.merged_senders]
+    assert len(merges) == 5
+    assert all(len(senders) == 4 for senders in merges)
+
+
+def test_a_crashed_aggregator_does_not_stall_the_round_when_a_is_two():
+    peers = [f"p{i:02d}" for i in range(10)]
+    settings = ModestSettings(s=3, a=2, ping_timeout=2.0)
+    # The first aggregator of round 3's models is first in order(4); crash it while round 3 trains.
+    victim = sample_order(peers, 4)[0]
+    learnings = run_modest(10, 8, settings, crash={victim: 0.3})
+    assert finishers(learnings, 8), "the run stalled"
+    assert victim not in finishers(learnings, 3)
+
+
+def test_a_crashed_trainer_does_not_stall_the_round_with_an_aggregation_timeout():
+    peers = [f"p{i:02d}" for i in range(10)]
+    settings = ModestSettings(s=3, a=1, aggregation_timeout=3.0, min_models=1)
+    victim = sample_order(peers, 2)[1]  # a trainer of round 2: it crashes after answering its ping
+    learnings = run_modest(10, 6, settings, crash={victim: 0.2})
+    assert finishers(learnings, 6), "the run stalled"
+    assert learnings[victim].finished == [(1, pytest.approx(learnings[victim].finished[0][1]))]
+
+
+def test_without_timeout_or_spare_a_crashed_trainer_stalls_the_round():
+    """The reference defaults (sf=1, a=1, no timeout) really do stall: what the options are for."""
+    peers = [f"p{i:02d}" for i in range(10)]
+    victim = sample_order(peers, 2)[1]
+    learnings = run_modest(10, 6, ModestSettings(s=3, a=1), crash={victim: 0.2}, until=200.0)
+    assert not finishers(learnings, 2)
+
+
+def test_most_nodes_crashing_does_not_stop_training():
+    peers = [f"p{i:02d}" for i in range(20)]
+    crashed = {p: 1.05 for p in peers[4:]}  # 80% gone at once
+    settings = ModestSettings(s=3, a=1, ping_timeout=1.0, aggregation_timeout=2.0)
+    learnings = run_modest(20, 10, settings, crash=crashed, until=2_000.0)
+    assert finishers(learnings, 10)
+    assert set(finishers(learnings, 10)) <= set(peers[:4])
+
+
+def test_a_joining_node_gets_sampled_and_a_leaving_node_does_not():
+    settings = ModestSettings(s=3, a=1, ping_timeout=1.0, aggregation_timeout=2.0)
+    learnings = run_modest(6, 40, settings, join={"q-new": 1.0}, leave={"p00": 1.0})
+    assert learnings["q-new"].trained > 0
+    assert all(time < 1.0 for _, time in learnings["p00"].finished)
+    # Once its leave has spread nobody waits on it; a crash costs a ping timeout whenever it is drawn.
+    crashed = run_modest(6, 40, settings, join={"q-new": 1.0}, crash={"p00": 1.0})
+
+    def end(runs):
+        return max(time for lr in runs.values() for r, time in lr.finished if r == 40)
+
+    assert end(learnings) < end(crashed) - 3 * settings.ping_timeout
+
+
+def test_a_message_with_a_bad_view_is_dropped_and_the_node_keeps_serving():
+    bad = ModestModel(1, True, ModelPayload({"x": np.array([99.0])}, 1.0), [ViewEntry("x", -1, 0, 0)])
+    learning = ScalarLearning(0.0, peer_id="a")
+
+    async def main():
+        async with open_memory_network(dial_any=True) as net:
+            a, b = net.add_peer("a"), net.add_peer("b")
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(Modest(rounds=3, participants=("a",), settings=ModestSettings(s=1)).run,
+                                   a, learning)
+                await trio.sleep(0.05)
+                await b.send("a", bad)
+                await trio.sleep(1.0)
+                nursery.cancel_scope.cancel()
+            return a.stats.messages_rejected
+
+    rejected = trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert rejected == 1
+    assert 99.0 not in [v for _, v in learning.finished]
+    assert learning.trained >= 3  # alone, it keeps running its own rounds
+
+
+@pytest.mark.parametrize(
+    "msg",
+    [
+        ModestModel(3, False, ModelPayload({"w": np.zeros(2, np.float32)}, 2.0), [ViewEntry("p", 1, 2, 0)]),
+        MembershipUpdate([ViewEntry("p", 1, 2, 1), ViewEntry("q", 0, 0, 0)], reply=True),
+    ],
+)
+def test_messages_round_trip(msg):
+    decoded = codec.decode(codec.encode(msg))
+    assert type(decoded) is type(msg)
+    assert decoded.view == msg.view
