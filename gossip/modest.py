@@ -183,6 +183,7 @@ class _ModestNode:
         if round <= self.adopted_round:
             return  # stale, or a second aggregator's copy of a round already adopted
         self.adopted_round = round
+        self.pinger.round = max(self.adopted_round, self.aggregated_round)
         self.view.mark_active(self.own, round)
         self._start_training(round + 1, (sender, model))
 
@@ -205,10 +206,16 @@ class _ModestNode:
                     return
             await self.learning.train()
             trained = self.learning.export_model()
-            aggregators = await self._sample(round + 1, self.settings.a)
-            outgoing = ModestModel(round, False, trained, self.view.entries())
-            for aggregator in aggregators:
-                await self._send(aggregator, outgoing)
+            while True:
+                aggregators = await self._sample(round + 1, self.settings.a)
+                if any(self.pinger.reported.get(peer, 0) >= round for peer in aggregators):
+                    return  # an aggregator has merged this round already: nothing to re-send
+                outgoing = ModestModel(round, False, trained, self.view.entries())
+                for aggregator in aggregators:
+                    await self._send(aggregator, outgoing)
+                if self.settings.round_timeout is None:
+                    return
+                await trio.sleep(self.settings.round_timeout)
 
     # --- aggregator ---------------------------------------------------------------------------------
 
@@ -232,6 +239,7 @@ class _ModestNode:
         if round <= self.aggregated_round or round not in self.buffers:
             return
         self.aggregated_round = round
+        self.pinger.round = max(self.adopted_round, self.aggregated_round)
         models = self.buffers.pop(round)
         for stale in [r for r in self.buffers if r <= round]:
             del self.buffers[stale]

@@ -37,6 +37,10 @@ class ModestSettings:
     - `aggregation_timeout`: seconds after which an aggregator merges what it has, if at least
       `min_models`; None waits for `models_needed`.
     - `min_models`: fewest models an aggregation timeout may merge; ``1 <= min_models <= models_needed``.
+    - `round_timeout`: seconds a trainer waits for its round to be aggregated before it re-sends its
+      model to the aggregators available then, again every `round_timeout` until an aggregator
+      reports the round done; None trusts the first aggregators. This is what lets a run survive
+      an aggregator crashing with the round's models in hand, or a whole sample crashing at once.
     """
 
     s: int = 10
@@ -47,6 +51,7 @@ class ModestSettings:
     inactivity_threshold: int = 50
     aggregation_timeout: float | None = None
     min_models: int = 1
+    round_timeout: float | None = None
 
     def __post_init__(self) -> None:
         if not _is_int(self.s) or self.s < 1:
@@ -74,6 +79,10 @@ class ModestSettings:
             raise ValueError(
                 "aggregation_timeout must be None or a finite number of seconds > 0, "
                 f"got {self.aggregation_timeout!r}"
+            )
+        if self.round_timeout is not None and not _is_seconds(self.round_timeout):
+            raise ValueError(
+                f"round_timeout must be None or a finite number of seconds > 0, got {self.round_timeout!r}"
             )
         if not _is_int(self.min_models) or not 1 <= self.min_models <= self.models_needed:
             raise ValueError(

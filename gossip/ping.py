@@ -27,11 +27,18 @@ class Ping:
 @message("pong", version=1)
 @dataclass(frozen=True, slots=True)
 class Pong:
+    """The answer, with the newest round the answering peer knows of (0 if it follows no rounds)."""
+
     nonce: int
+    round: int = 0
 
 
 class Pinger:
-    """Sends pings and answers them; the protocol's event loop hands it every ping and pong."""
+    """Sends pings and answers them; the protocol's event loop hands it every ping and pong.
+
+    Answers carry `round`, which the owning protocol keeps current, so a ping also tells whether a
+    peer has moved past a round (`reported`).
+    """
 
     def __init__(self, transport: Transport, *, interval: float = 1.0) -> None:
         if not interval > 0:
@@ -40,6 +47,8 @@ class Pinger:
         self._interval = interval
         self._nonces = count(1)
         self._waiting: dict[tuple[PeerId, int], trio.Event] = {}
+        self.round = 0
+        self.reported: dict[PeerId, int] = {}
 
     async def is_available(self, peer: PeerId) -> bool:
         """True once `peer` answers; wrap it in a cancel scope for the timeout. The own peer always is.
@@ -67,11 +76,12 @@ class Pinger:
         """Answer a ping or note a pong; False if `event` is neither."""
         if isinstance(event.message, Ping):
             with contextlib.suppress(PeerUnreachable):  # it asked and left: nothing to answer
-                await self._transport.send(event.sender, Pong(event.message.nonce))
+                await self._transport.send(event.sender, Pong(event.message.nonce, self.round))
             return True
         if isinstance(event.message, Pong):
             answered = self._waiting.get((event.sender, event.message.nonce))
             if answered is not None:
+                self.reported[event.sender] = max(self.reported.get(event.sender, 0), event.message.round)
                 answered.set()
             return True
         return False

@@ -6,6 +6,7 @@ import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 import trio
 
@@ -32,6 +33,12 @@ class RoundRecord:
     loss: float | None
     bytes_sent: int
     bytes_received: int
+
+
+class RoundObserver(Protocol):
+    """Told of every round a node records, as it records it (e.g. an emulator applying churn on time)."""
+
+    def round_finished(self, node: Node, record: RoundRecord) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +69,7 @@ class Node:
         local_steps: int | None = None,
         evaluate_every: int = 1,
         compute: Compute | None = None,
+        observer: RoundObserver | None = None,
     ) -> None:
         if local_steps is not None and local_steps < 1:
             raise ValueError(f"local_steps must be >= 1 or None, got {local_steps}")
@@ -74,6 +82,7 @@ class Node:
         self.local_steps = local_steps
         self.evaluate_every = evaluate_every
         self.compute = compute or ThreadCompute()
+        self.observer = observer
         self.history: list[RoundRecord] = []
         self.models_rejected = 0
 
@@ -168,9 +177,11 @@ class _NodeLearning(Learning):
             evaluation = node.learner.evaluate()
             accuracy, loss = evaluation.accuracy, evaluation.loss
         stats = node.transport.stats
-        node.history.append(
-            RoundRecord(round, trio.current_time(), accuracy, loss, stats.bytes_sent, stats.bytes_received)
-        )
+        now = trio.current_time()
+        record = RoundRecord(round, now, accuracy, loss, stats.bytes_sent, stats.bytes_received)
+        node.history.append(record)
+        if node.observer is not None:
+            node.observer.round_finished(node, record)
         await trio.lowlevel.checkpoint()
 
 

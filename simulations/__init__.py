@@ -1,12 +1,16 @@
 """The emulator: real nodes on networkx topologies, in virtual time."""
 
-from simulations.emulator import EmulationConfig, EmulationResult, RoundSummary, run_emulation
+from simulations.churn import ChurnEvent
+from simulations.emulator import EmulationConfig, run_emulation
+from simulations.results import EmulationResult, NodeSummary, RoundSummary
 from simulations.task import Task, digits_task
 from simulations.topology import build_topology
 
 __all__ = [
+    "ChurnEvent",
     "EmulationConfig",
     "EmulationResult",
+    "NodeSummary",
     "RoundSummary",
     "Task",
     "build_topology",

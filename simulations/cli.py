@@ -8,7 +8,8 @@ from pathlib import Path
 import click
 
 from p2pfl.errors import ConfigError
-from simulations.emulator import EmulationConfig, EmulationResult, run_emulation
+from simulations.emulator import EmulationConfig, run_emulation
+from simulations.results import EmulationResult
 from simulations.scenario import ScenarioResult, load_scenario, run_scenario
 from simulations.topology import BUILDERS
 

@@ -7,32 +7,47 @@ config's seed, so a run is deterministic for a seed.
 
 from __future__ import annotations
 
+import random
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 import networkx as nx
 import numpy as np
+import torch
 import trio
 import trio.testing
 
 from gossip.dpsgd import DPSGD
+from gossip.federated import FederatedLearning
 from gossip.gossip_learning import GossipLearning
+from gossip.modest import Modest
+from gossip.modest_settings import ModestSettings
 from gossip.protocol import RoundProtocol
 from p2pfl.aggregation.registry import build_aggregator
 from p2pfl.compute import VirtualCompute
 from p2pfl.datasets import dirichlet_split, iid_split, labels_of, take
 from p2pfl.errors import ConfigError
 from p2pfl.learner import Learner
-from p2pfl.node import Node
+from p2pfl.node import Node, RoundRecord
+from simulations.churn import ChurnEvent, PlannedEvent, plan_churn
+from simulations.results import EmulationResult, summarise_nodes, summarise_rounds
 from simulations.seeds import derive_seed
 from simulations.task import Task, digits_task
 from simulations.topology import build_topology
-from transport.memory import open_memory_network
+from transport.memory import MemoryNetwork, open_memory_network
 
 # Purposes for derived seeds, so that e.g. changing the data split never changes the topology.
-_TOPOLOGY, _SPLIT, _BATCHES, _PROTOCOL, _INIT = range(5)
+_TOPOLOGY, _SPLIT, _BATCHES, _PROTOCOL, _INIT, _CHURN, _SCHEDULER = range(7)
 
-PROTOCOLS = ("gossip", "dpsgd")
+PROTOCOLS = ("gossip", "dpsgd", "modest", "fl")
+# Protocols driven by events rather than a clock: their run ends when the last round is recorded.
+_EVENT_DRIVEN = ("modest", "fl")
+_MODEST_PARAMS = frozenset(f.name for f in fields(ModestSettings)) | {"join_fanout"}
+_FL_PARAMS = frozenset({"s", "round_timeout"})
+_FL_SERVER = 0  # node index of the FL baseline's server
 
 
 @dataclass(frozen=True)
@@ -42,7 +57,15 @@ class EmulationConfig:
     nodes: int = 16
     topology: str = "random_regular"
     topology_params: dict[str, int | float] = field(default_factory=dict)
-    protocol: str = "gossip"  # or "dpsgd"
+    protocol: str = "gossip"  # gossip, dpsgd, modest or fl
+    # modest: ModestSettings fields (s, a, sf, ping_timeout, ping_interval, inactivity_threshold,
+    # aggregation_timeout, min_models) and join_fanout; fl: s and round_timeout.
+    protocol_params: dict[str, Any] = field(default_factory=dict)
+    churn: tuple[ChurnEvent, ...] = ()
+    stall_timeout: float = 600.0  # stop (and say so) when no round finishes for this long
+    # Intra-op threads for torch during the run. Nodes' models are small: with more threads torch
+    # spends its time handing tiny kernels around (measured 20x slower on a busy 2-core machine).
+    torch_threads: int = 1
     aggregation: str = "fedavg"
     aggregation_params: dict[str, object] = field(default_factory=dict)
     init: str = "shared"  # or "independent": every node draws its own initial weights
@@ -84,58 +107,25 @@ class EmulationConfig:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
         if self.latency < 0 or self.seconds_per_step < 0:
             raise ConfigError("latency and seconds_per_step must be >= 0")
+        if self.torch_threads < 1:
+            raise ConfigError(f"torch_threads must be >= 1, got {self.torch_threads}")
+        if not self.stall_timeout > 0:
+            raise ConfigError(f"stall_timeout must be > 0, got {self.stall_timeout}")
+        _protocol_params(self)  # raises ConfigError on bad params
+        if any(e.action == "join" for e in self.churn) and self.protocol != "modest":
+            raise ConfigError("churn: join is supported with protocol 'modest' only")
         busy = self.local_steps * self.seconds_per_step + self.latency
-        if busy >= self.period:
+        if self.protocol not in _EVENT_DRIVEN and busy >= self.period:
             raise ConfigError(
                 f"period ({self.period} s) must exceed training time plus latency ({busy:g} s), "
                 "or models would arrive after the round they belong to"
             )
 
 
-@dataclass(frozen=True)
-class RoundSummary:
-    round: int
-    mean_accuracy: float
-    min_accuracy: float
-    max_accuracy: float
-    bytes_sent: int  # cumulative, all nodes
-    virtual_time: float
-
-
-@dataclass(frozen=True)
-class EmulationResult:
-    config: EmulationConfig
-    rounds: list[RoundSummary]
-    wall_s: float
-
-    @property
-    def final_mean_accuracy(self) -> float:
-        return self.rounds[-1].mean_accuracy
-
-    def first_round_reaching(self, accuracy: float) -> RoundSummary | None:
-        """The first evaluated round whose mean accuracy is at least `accuracy`, if any."""
-        return next((r for r in self.rounds if r.mean_accuracy >= accuracy), None)
-
-    @property
-    def bytes_sent(self) -> int:
-        return self.rounds[-1].bytes_sent
-
-    def to_json(self) -> dict:
-        return {
-            "final_mean_accuracy": self.final_mean_accuracy,
-            "bytes_sent": self.bytes_sent,
-            "wall_s": self.wall_s,
-            "virtual_s": self.rounds[-1].virtual_time,
-            "num_rounds": len(self.rounds),
-            "rounds": [asdict(r) for r in self.rounds],
-            "config": asdict(self.config),
-        }
-
-
 def run_emulation(
     config: EmulationConfig | None = None, *, task: Task | None = None, graph: nx.Graph | None = None
 ) -> EmulationResult:
-    """Emulate `config.nodes` gossip-learning nodes; `task` and `graph` override the defaults.
+    """Emulate `config.nodes` nodes running `config.protocol`; `task` and `graph` override the defaults.
 
     A caller's `graph` may have any node labels; they are taken in sorted order.
     """
@@ -149,76 +139,228 @@ def run_emulation(
         )
     elif graph.number_of_nodes() != config.nodes:
         raise ConfigError(f"graph has {graph.number_of_nodes()} nodes but config.nodes is {config.nodes}")
+    absent, plan = plan_churn(
+        config.churn,
+        config.nodes,
+        seed=derive_seed(config.seed, _CHURN),
+        protected=frozenset({_FL_SERVER}) if config.protocol == "fl" else frozenset(),
+    )
+    emulation = _Emulation(config, task, graph, absent, plan)
     started = time.perf_counter()
-    nodes = trio.run(_emulate, config, task, graph, clock=trio.testing.MockClock(autojump_threshold=0))
+    with _seeded_scheduler(derive_seed(config.seed, _SCHEDULER)), _torch_threads(config.torch_threads):
+        trio.run(emulation.run, clock=trio.testing.MockClock(autojump_threshold=0))
     wall_s = time.perf_counter() - started
-    return EmulationResult(config=config, rounds=_summarise(nodes), wall_s=wall_s)
+    return EmulationResult(
+        config=config,
+        rounds=summarise_rounds(emulation.nodes, emulation.network),
+        nodes=summarise_nodes(emulation.nodes),
+        churn=plan,
+        wall_s=wall_s,
+        stalled=emulation.stalled,
+    )
 
 
-async def _emulate(config: EmulationConfig, task: Task, graph: nx.Graph) -> list[Node]:
-    labels = sorted(graph.nodes)
-    peer_ids = [f"n{i:05d}" for i in range(len(labels))]
-    peer_of = dict(zip(labels, peer_ids, strict=True))
-    shards = _split(task, config)
-    async with open_memory_network(latency=config.latency) as network:
-        transports = [network.add_peer(peer_id) for peer_id in peer_ids]
-        for u, v in graph.edges:
+@contextmanager
+def _seeded_scheduler(seed: int) -> Iterator[None]:
+    """Make trio's scheduling order a function of `seed` for the duration of a run.
+
+    trio runs each batch of ready tasks forwards or backwards at random (to flush out order
+    assumptions), from a module-level `random.Random`. Event-driven protocols (MoDeST aggregates the
+    first models that arrive) can see that order, so an emulation seeds it and restores it after.
+    This reaches into trio's private module; if trio moves it, runs stay correct but lose
+    reproducibility, which the determinism tests would catch.
+    """
+    rng = getattr(getattr(trio, "_core", None), "_run", None)
+    rng = getattr(rng, "_r", None)
+    if not isinstance(rng, random.Random):
+        yield
+        return
+    saved = rng.getstate()
+    rng.seed(seed)
+    try:
+        yield
+    finally:
+        rng.setstate(saved)
+
+
+@contextmanager
+def _torch_threads(count: int) -> Iterator[None]:
+    saved = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)
+
+
+class _Emulation:
+    """One run: builds the nodes, starts them, applies churn and decides when the run is over."""
+
+    def __init__(
+        self,
+        config: EmulationConfig,
+        task: Task,
+        graph: nx.Graph,
+        absent: frozenset[int],
+        plan: list[PlannedEvent],
+    ) -> None:
+        self.config = config
+        self.task = task
+        self.graph = graph
+        self.absent = absent
+        self.plan = plan
+        self.peer_ids = [f"n{i:05d}" for i in range(config.nodes)]
+        self.leaving = frozenset(n for e in plan if e.action == "leave" for n in e.nodes)
+        self.nodes: list[Node] = []
+        self.scopes: list[trio.CancelScope] = []
+        self.pending = list(plan)
+        self.progress = 0  # newest round any node has recorded
+        self.running = 0
+        self.stalled = False
+
+    async def run(self) -> None:
+        config = self.config
+        async with open_memory_network(
+            latency=config.latency, dial_any=config.protocol in _EVENT_DRIVEN
+        ) as network:
+            self.network = network
+            self._build(network)
+            async with trio.open_nursery() as nursery:
+                self.nursery = nursery
+                for index in range(config.nodes):
+                    if index not in self.absent:
+                        nursery.start_soon(self._run_node, index)
+                await self._monitor()
+                nursery.cancel_scope.cancel()
+
+    def _build(self, network: MemoryNetwork) -> None:
+        config, task = self.config, self.task
+        transports = [network.add_peer(peer_id) for peer_id in self.peer_ids]
+        peer_of = dict(zip(sorted(self.graph.nodes), self.peer_ids, strict=True))
+        for u, v in self.graph.edges:
             network.connect(peer_of[u], peer_of[v])
-        nodes = [
-            Node(
-                transport,
-                Learner(
-                    task.make_model(
-                        seed=derive_seed(config.seed, _INIT, i if config.init == "independent" else 0)
-                    ),
-                    take(task.train, shard),
-                    task.test,
-                    batch_size=config.batch_size,
-                    lr=config.lr,
-                    seed=derive_seed(config.seed, _BATCHES, i),
-                ),
-                protocol=_protocol(config, i),
-                aggregator=build_aggregator(config.aggregation, **config.aggregation_params),
-                local_steps=config.local_steps,
-                evaluate_every=config.evaluate_every,
-                compute=VirtualCompute(config.seconds_per_step),
+        shards = _split(task, config)
+        for i, (transport, shard) in enumerate(zip(transports, shards, strict=True)):
+            init_seed = derive_seed(config.seed, _INIT, i if config.init == "independent" else 0)
+            learner = Learner(
+                task.make_model(seed=init_seed),
+                take(task.train, shard),
+                task.test,
+                batch_size=config.batch_size,
+                lr=config.lr,
+                seed=derive_seed(config.seed, _BATCHES, i),
             )
-            for i, (transport, shard) in enumerate(zip(transports, shards, strict=True))
-        ]
-        async with trio.open_nursery() as nursery:
-            for node in nodes:
-                nursery.start_soon(node.run)
-    return nodes
+            self.nodes.append(
+                Node(
+                    transport,
+                    learner,
+                    protocol=self._protocol(i),
+                    aggregator=build_aggregator(config.aggregation, **config.aggregation_params),
+                    local_steps=config.local_steps,
+                    evaluate_every=config.evaluate_every,
+                    compute=VirtualCompute(config.seconds_per_step),
+                    observer=self,
+                )
+            )
+            self.scopes.append(trio.CancelScope())
+
+    def _protocol(self, index: int) -> RoundProtocol:
+        config = self.config
+        params = _protocol_params(config)
+        founders = tuple(p for i, p in enumerate(self.peer_ids) if i not in self.absent)
+        if config.protocol == "modest":
+            join_fanout = params.pop("join_fanout", 3)
+            return Modest(
+                rounds=config.rounds,
+                participants=founders,
+                settings=ModestSettings(**params),
+                join_fanout=join_fanout,
+                leave_on_stop=index in self.leaving,
+            )
+        if config.protocol == "fl":
+            server = self.peer_ids[_FL_SERVER]
+            clients = tuple(p for p in founders if p != server)
+            return FederatedLearning(
+                rounds=config.rounds,
+                server=server,
+                clients=clients,
+                seed=derive_seed(config.seed, _PROTOCOL),
+                **params,
+            )
+        if config.protocol == "dpsgd":
+            return DPSGD(rounds=config.rounds, period=config.period)
+        seed = derive_seed(config.seed, _PROTOCOL, index)
+        return GossipLearning(rounds=config.rounds, period=config.period, fanout=config.fanout, seed=seed)
+
+    async def _run_node(self, index: int) -> None:
+        self.running += 1
+        try:
+            with self.scopes[index]:
+                await self.nodes[index].run()
+        finally:
+            self.running -= 1
+
+    def round_finished(self, node: Node, record: RoundRecord) -> None:
+        """Node observer: track progress and apply churn the moment its round is reached."""
+        if record.round <= self.progress:
+            return
+        self.progress = record.round
+        while self.pending and self.pending[0].round <= self.progress:
+            self._apply(self.pending.pop(0))
+
+    async def _monitor(self) -> None:
+        """Return when the run is over: all rounds done, nobody left running, or no progress for long."""
+        config = self.config
+        progress, changed_at = self.progress, trio.current_time()
+        while True:
+            await trio.sleep(config.period)
+            if self.running == 0 and not any(e.action == "join" for e in self.pending):
+                break
+            if config.protocol in _EVENT_DRIVEN and self.progress >= config.rounds:
+                break
+            if self.progress > progress:
+                progress, changed_at = self.progress, trio.current_time()
+            elif trio.current_time() - changed_at > config.stall_timeout:
+                break
+        self.stalled = self.progress < config.rounds
+
+    def _apply(self, event: PlannedEvent) -> None:
+        for index in event.nodes:
+            peer = self.peer_ids[index]
+            if event.action == "join":
+                self.nursery.start_soon(self._run_node, index)
+                continue
+            if event.action == "crash":
+                self.network.crash(peer)
+            elif self.config.protocol not in _EVENT_DRIVEN:
+                for neighbour in sorted(self.nodes[index].transport.peers()):
+                    self.network.disconnect(peer, neighbour)
+            self.scopes[index].cancel()
 
 
-def _protocol(config: EmulationConfig, index: int) -> RoundProtocol:
-    if config.protocol == "dpsgd":
-        return DPSGD(rounds=config.rounds, period=config.period)
-    seed = derive_seed(config.seed, _PROTOCOL, index)
-    return GossipLearning(rounds=config.rounds, period=config.period, fanout=config.fanout, seed=seed)
-
+def _protocol_params(config: EmulationConfig) -> dict[str, Any]:
+    """`config.protocol_params` checked against the protocol; a fresh dict the caller may consume."""
+    params = dict(config.protocol_params)
+    allowed = {"modest": _MODEST_PARAMS, "fl": _FL_PARAMS}.get(config.protocol, frozenset())
+    if unknown := sorted(set(params) - allowed):
+        raise ConfigError(
+            f"protocol_params: {unknown} not accepted by protocol {config.protocol!r}; "
+            f"it accepts {sorted(allowed) or 'none'}"
+        )
+    try:
+        if config.protocol == "modest":
+            ModestSettings(**{k: v for k, v in params.items() if k != "join_fanout"})
+            if not isinstance(params.get("join_fanout", 3), int) or params.get("join_fanout", 3) < 1:
+                raise ValueError(f"join_fanout must be an int >= 1, got {params['join_fanout']!r}")
+        elif config.protocol == "fl":
+            clients = tuple(str(i) for i in range(1, config.nodes))
+            FederatedLearning(rounds=config.rounds, server="0", clients=clients, **params)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"protocol_params: {exc}") from exc
+    return params
 
 def _split(task: Task, config: EmulationConfig) -> list[np.ndarray]:
     seed = derive_seed(config.seed, _SPLIT)
     if config.partition == "iid":
         return iid_split(len(task.train), config.nodes, seed=seed)
     return dirichlet_split(labels_of(task.train), config.nodes, alpha=config.alpha, seed=seed)
-
-
-def _summarise(nodes: list[Node]) -> list[RoundSummary]:
-    summaries = []
-    for records in zip(*(node.history for node in nodes), strict=True):
-        accuracies = [r.accuracy for r in records if r.accuracy is not None]
-        if not accuracies:
-            continue  # not an evaluation round
-        summaries.append(
-            RoundSummary(
-                round=records[0].round,
-                mean_accuracy=float(np.mean(accuracies)),
-                min_accuracy=min(accuracies),
-                max_accuracy=max(accuracies),
-                bytes_sent=sum(r.bytes_sent for r in records),
-                virtual_time=max(r.time for r in records),
-            )
-        )
-    return summaries

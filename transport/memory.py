@@ -54,9 +54,11 @@ class MemoryNetwork:
         self._nursery = nursery
         self._transports: dict[PeerId, MemoryTransport] = {}
         self._crashed: set[PeerId] = set()
-        # Network-wide bytes sent, as (virtual instant, cumulative total) steps.
+        # Network-wide traffic as steps: at virtual instant times[i], bytes[i] bytes and
+        # messages[i] messages had been sent in all (cumulative).
         self._traffic_times: list[float] = []
-        self._traffic_totals: list[int] = []
+        self._traffic_bytes: list[int] = []
+        self._traffic_messages: list[int] = []
 
     def crash(self, peer_id: PeerId) -> None:
         """Make `peer_id` unresponsive: what it is sent vanishes and nobody is told.
@@ -70,10 +72,15 @@ class MemoryNetwork:
 
     def bytes_sent(self, *, until: float | None = None) -> int:
         """Bytes sent by all peers together, up to and including virtual instant `until` (default: now)."""
-        if until is None:
-            return self._traffic_totals[-1] if self._traffic_totals else 0
-        index = bisect.bisect_right(self._traffic_times, until)
-        return self._traffic_totals[index - 1] if index else 0
+        return self._traffic_until(self._traffic_bytes, until)
+
+    def messages_sent(self, *, until: float | None = None) -> int:
+        """Messages sent by all peers together, up to and including virtual instant `until`."""
+        return self._traffic_until(self._traffic_messages, until)
+
+    def _traffic_until(self, totals: list[int], until: float | None) -> int:
+        index = len(totals) if until is None else bisect.bisect_right(self._traffic_times, until)
+        return totals[index - 1] if index else 0
 
     def add_peer(self, peer_id: PeerId) -> MemoryTransport:
         if peer_id in self._transports:
@@ -109,11 +116,12 @@ class MemoryNetwork:
 
     def _deliver(self, sender: PeerId, recipient: PeerId, frame: bytes, topic: str | None) -> None:
         now = trio.current_time()
-        if self._traffic_times and self._traffic_times[-1] == now:
-            self._traffic_totals[-1] += len(frame)
-        else:
+        if not self._traffic_times or self._traffic_times[-1] != now:
             self._traffic_times.append(now)
-            self._traffic_totals.append(self.bytes_sent() + len(frame))
+            self._traffic_bytes.append(self.bytes_sent())
+            self._traffic_messages.append(self.messages_sent())
+        self._traffic_bytes[-1] += len(frame)
+        self._traffic_messages[-1] += 1
         if recipient in self._crashed or sender in self._crashed:
             return
         self._nursery.start_soon(self._deliver_after_latency, sender, recipient, frame, topic)

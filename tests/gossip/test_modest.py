@@ -179,3 +179,18 @@ def test_messages_round_trip(msg):
     decoded = codec.decode(codec.encode(msg))
     assert type(decoded) is type(msg)
     assert decoded.view == msg.view
+
+
+@pytest.mark.parametrize("round_timeout", [None, 2.0])
+def test_a_round_timeout_recovers_from_the_only_aggregator_crashing(round_timeout):
+    peers = [f"p{i:02d}" for i in range(10)]
+    # The aggregator of round 3 crashes at 0.47 s: its trainers finished (0.1 s of training from
+    # 0.33 s) and sent, so it holds the models of round 3 and nobody else does.
+    victim = sample_order(peers, 4)[0]
+    settings = ModestSettings(s=3, a=1, ping_timeout=1.0, round_timeout=round_timeout)
+    learnings = run_modest(10, 8, settings, crash={victim: 0.47}, until=300.0)
+    if round_timeout is None:
+        assert not finishers(learnings, 3), "the round should stall with its only aggregator gone"
+    else:
+        assert finishers(learnings, 8)
+        assert victim not in finishers(learnings, 3)

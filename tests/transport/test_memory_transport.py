@@ -163,5 +163,6 @@ def test_network_bytes_timeline_counts_every_send_at_its_instant():
             assert net.bytes_sent(until=0.5) == 0
             assert net.bytes_sent(until=1.5) == first
             assert net.bytes_sent() == net.bytes_sent(until=2.0) == a.stats.bytes_sent == 3 * first
+            assert net.messages_sent(until=1.5) == 1 and net.messages_sent() == 3
 
     run_virtual(main)

@@ -1,0 +1,133 @@
+"""What an emulated run reports: per-round accuracy and traffic, per-node counters, and the churn applied.
+
+A round's row gathers every node that recorded that round: all nodes for gossip and D-PSGD, the
+nodes that adopted the round's aggregate for MoDeST, the server for FL. Traffic is the whole
+network's (models, views, pings) up to the instant the round was last recorded.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from p2pfl.node import Node
+from simulations.churn import PlannedEvent
+from transport.memory import MemoryNetwork
+
+if TYPE_CHECKING:
+    from simulations.emulator import EmulationConfig
+
+
+@dataclass(frozen=True)
+class RoundSummary:
+    round: int
+    mean_accuracy: float
+    min_accuracy: float
+    max_accuracy: float
+    nodes: int  # how many nodes evaluated this round
+    bytes_sent: int  # cumulative, whole network
+    messages_sent: int  # cumulative, whole network
+    virtual_time: float
+
+
+@dataclass(frozen=True)
+class NodeSummary:
+    peer: str
+    rounds_recorded: int
+    final_accuracy: float | None
+    bytes_sent: int
+    bytes_received: int
+    messages_sent: int
+    messages_received: int
+    messages_rejected: int
+    models_rejected: int
+
+
+@dataclass(frozen=True)
+class EmulationResult:
+    config: EmulationConfig
+    rounds: list[RoundSummary]
+    nodes: list[NodeSummary]
+    churn: list[PlannedEvent]
+    wall_s: float
+    stalled: bool = False  # stopped because no round finished for `config.stall_timeout` virtual seconds
+
+    @property
+    def final_mean_accuracy(self) -> float | None:
+        return self.rounds[-1].mean_accuracy if self.rounds else None
+
+    def first_round_reaching(self, accuracy: float) -> RoundSummary | None:
+        """The first evaluated round whose mean accuracy is at least `accuracy`, if any."""
+        return next((r for r in self.rounds if r.mean_accuracy >= accuracy), None)
+
+    @property
+    def bytes_sent(self) -> int:
+        return sum(n.bytes_sent for n in self.nodes)
+
+    @property
+    def messages_sent(self) -> int:
+        return sum(n.messages_sent for n in self.nodes)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "final_mean_accuracy": self.final_mean_accuracy,
+            "bytes_sent": self.bytes_sent,
+            "messages_sent": self.messages_sent,
+            "wall_s": self.wall_s,
+            "virtual_s": self.rounds[-1].virtual_time if self.rounds else 0.0,
+            "num_rounds": len(self.rounds),
+            "stalled": self.stalled,
+            "rounds": [asdict(r) for r in self.rounds],
+            "nodes": [asdict(n) for n in self.nodes],
+            "churn": [asdict(e) for e in self.churn],
+            "config": asdict(self.config),
+        }
+
+
+def summarise_rounds(nodes: list[Node], network: MemoryNetwork) -> list[RoundSummary]:
+    by_round: dict[int, list[tuple[float, float]]] = defaultdict(list)
+    for node in nodes:
+        for record in node.history:
+            if record.accuracy is not None:
+                by_round[record.round].append((record.accuracy, record.time))
+    summaries = []
+    for round_ in sorted(by_round):
+        accuracies = [accuracy for accuracy, _ in by_round[round_]]
+        until = max(time for _, time in by_round[round_])
+        summaries.append(
+            RoundSummary(
+                round=round_,
+                mean_accuracy=float(np.mean(accuracies)),
+                min_accuracy=min(accuracies),
+                max_accuracy=max(accuracies),
+                nodes=len(accuracies),
+                bytes_sent=network.bytes_sent(until=until),
+                messages_sent=network.messages_sent(until=until),
+                virtual_time=until,
+            )
+        )
+    return summaries
+
+
+def summarise_nodes(nodes: list[Node]) -> list[NodeSummary]:
+    summaries = []
+    for node in nodes:
+        stats = node.transport.stats
+        accuracy = next((r.accuracy for r in reversed(node.history) if r.accuracy is not None), None)
+        summaries.append(
+            NodeSummary(
+                peer=node.peer_id,
+                rounds_recorded=len(node.history),
+                final_accuracy=accuracy,
+                bytes_sent=stats.bytes_sent,
+                bytes_received=stats.bytes_received,
+                messages_sent=stats.messages_sent,
+                messages_received=stats.messages_received,
+                messages_rejected=stats.messages_rejected,
+                models_rejected=node.models_rejected,
+            )
+        )
+    return summaries

@@ -1,0 +1,40 @@
+import pytest
+
+from p2pfl.errors import ConfigError
+from simulations.churn import ChurnEvent, plan_churn
+
+
+def test_fractions_are_seeded_and_never_pick_protected_nodes():
+    events = [ChurnEvent(10, "crash", 0.8)]
+    absent, plan = plan_churn(events, 20, seed=1, protected=frozenset({0}))
+    assert absent == frozenset()
+    (crash,) = plan
+    assert len(crash.nodes) == 16 and 0 not in crash.nodes
+    assert plan_churn(events, 20, seed=1, protected=frozenset({0})) == (absent, plan)
+    assert plan_churn(events, 20, seed=2, protected=frozenset({0}))[1] != plan
+
+
+def test_joiners_are_absent_until_their_round_and_can_leave_later():
+    events = [
+        ChurnEvent(5, "join", nodes=(3,)),
+        ChurnEvent(8, "leave", nodes=(3,)),
+        ChurnEvent(2, "crash", 0.5),
+    ]
+    absent, plan = plan_churn(events, 10, seed=0, protected=frozenset())
+    assert absent == {3}
+    assert [(e.round, e.action) for e in plan] == [(2, "crash"), (5, "join"), (8, "leave")]
+    assert 3 not in plan[0].nodes and len(plan[0].nodes) == 4  # half of the 9 running, rounded down
+
+
+def test_nodes_that_are_not_running_cannot_be_stopped():
+    with pytest.raises(ConfigError, match="not running"):
+        plan_churn(
+            [ChurnEvent(2, "crash", nodes=(1,)), ChurnEvent(3, "leave", nodes=(1,))],
+            4,
+            seed=0,
+            protected=frozenset(),
+        )
+    with pytest.raises(ConfigError, match="out of range or protected"):
+        plan_churn([ChurnEvent(2, "crash", nodes=(9,))], 4, seed=0, protected=frozenset())
+    with pytest.raises(ConfigError, match="out of range or protected"):
+        plan_churn([ChurnEvent(2, "crash", nodes=(0,))], 4, seed=0, protected=frozenset({0}))
