@@ -1,0 +1,26 @@
+"""The libp2p transport of the node daemon: TCP + Noise + Yamux, a model plane, a gossip control plane.
+
+Importing this package imports py-libp2p (heavy, about a second); the emulator never needs to.
+"""
+
+from transport.libp2p.control_plane import ControlPlaneConfig
+from transport.libp2p.errors import InsecureKeyFile, KeyFileError, MessageTooLarge, TransferRejected
+from transport.libp2p.identity import load_or_create_key_pair, peer_id_of
+from transport.libp2p.model_plane import ModelPlaneConfig, TransferHeader
+from transport.libp2p.stats import Libp2pStats
+from transport.libp2p.transport import Libp2pTransport, open_libp2p_transport
+
+__all__ = [
+    "ControlPlaneConfig",
+    "InsecureKeyFile",
+    "KeyFileError",
+    "Libp2pStats",
+    "Libp2pTransport",
+    "MessageTooLarge",
+    "ModelPlaneConfig",
+    "TransferHeader",
+    "TransferRejected",
+    "load_or_create_key_pair",
+    "open_libp2p_transport",
+    "peer_id_of",
+]

@@ -1,0 +1,96 @@
+"""The node's persistent identity: an Ed25519 key pair in the data dir, and the peer ID it yields.
+
+The peer ID is a hash of the public key, so a daemon that keeps its key keeps its ID across restarts
+and its peers' address books stay valid. The private key is the node's only secret: it is created
+with mode 0600 (never briefly wider), written atomically (a crash leaves either no key or a whole
+one), and a key file that other users can read is refused rather than used, as ssh does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+from pathlib import Path
+
+from libp2p.crypto.ed25519 import create_new_key_pair
+from libp2p.crypto.keys import KeyPair, KeyType
+from libp2p.crypto.serialization import deserialize_private_key
+from libp2p.peer.id import ID
+
+from transport.base import PeerId
+from transport.libp2p.errors import InsecureKeyFile, KeyFileError
+
+__all__ = ["KEY_FILE_NAME", "load_key_pair", "load_or_create_key_pair", "peer_id_of"]
+
+KEY_FILE_NAME = "identity.key"
+_MAX_KEY_FILE_BYTES = 4096  # an Ed25519 key in libp2p's protobuf form is 68 bytes
+
+
+def peer_id_of(key_pair: KeyPair) -> PeerId:
+    """The peer ID string (base58, ``12D3KooW...``) that `key_pair` proves ownership of."""
+    return ID.from_pubkey(key_pair.public_key).to_base58()
+
+
+def load_or_create_key_pair(key_dir: str | os.PathLike[str]) -> KeyPair:
+    """The key pair stored in `key_dir`, created (with the directory) on first use.
+
+    Raises `InsecureKeyFile` if the key file is readable or writable by group or others, and
+    `KeyFileError` if it is not a libp2p Ed25519 private key.
+    """
+    directory = Path(key_dir)
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path = directory / KEY_FILE_NAME
+    if not path.exists():
+        _create(path)
+    return load_key_pair(path)
+
+
+def load_key_pair(path: str | os.PathLike[str]) -> KeyPair:
+    """The key pair in the key file at `path` (libp2p protobuf private-key bytes), after a mode check."""
+    path = Path(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError as exc:
+        raise KeyFileError(f"cannot open identity key {path}: {exc}") from exc
+    with os.fdopen(fd, "rb") as file:
+        info = os.fstat(file.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise KeyFileError(f"identity key {path} is not a regular file")
+        if os.name == "posix" and info.st_mode & 0o077:
+            raise InsecureKeyFile(
+                f"identity key {path} has mode {stat.S_IMODE(info.st_mode):04o}: other users may read "
+                f"the node's private key; restrict it with `chmod 600 {path}` (or delete it to make a "
+                "new identity, which changes the peer ID)"
+            )
+        data = file.read(_MAX_KEY_FILE_BYTES + 1)
+    if len(data) > _MAX_KEY_FILE_BYTES:
+        raise KeyFileError(f"identity key {path} is larger than any key ({len(data)}+ bytes)")
+    try:
+        private_key = deserialize_private_key(data)
+    except Exception as exc:  # protobuf DecodeError, ValueError on an unknown key type...
+        raise KeyFileError(f"identity key {path} is not a libp2p private key: {exc}") from exc
+    if private_key.get_type() is not KeyType.Ed25519:
+        raise KeyFileError(f"identity key {path} is a {private_key.get_type().name} key, not Ed25519")
+    return KeyPair(private_key, private_key.get_public_key())
+
+
+def _create(path: Path) -> None:
+    """Write a new key to `path` without ever clobbering one another process wrote meanwhile.
+
+    The key goes to a private temp file first, then is hard-linked into place: link fails if `path`
+    exists, and either way the file at `path` is complete.
+    """
+    key_pair = create_new_key_pair()
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    try:
+        with os.fdopen(fd, "wb") as file:
+            file.write(key_pair.private_key.serialize())
+            file.flush()
+            os.fsync(file.fileno())
+        with contextlib.suppress(FileExistsError):  # lost a race: keep the other process's key
+            os.link(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)

@@ -1,0 +1,418 @@
+"""The model plane: one libp2p stream per message, for payloads of any size up to a cap.
+
+GossipSub drops anything over 1 MiB and request_response breaks near 6.5 MB, so direct messages
+(models above all) travel on their own protocol. One transfer on a fresh stream::
+
+    sender:   u32 header length | msgpack header [version, kind, round, size, sha256, codec]
+              body, written in chunks of `chunk_bytes`
+    receiver: one status byte (0 = accepted; otherwise why it refused), then the stream ends
+
+The receiver checks the header before it allocates anything (size against its cap, known codec,
+the optional accept hook, a free slot in the inbox), reads exactly `size` bytes, verifies the hash,
+decodes with `transport.codec`, and only then hands the message on; any failure resets the stream,
+logs a line and bumps a counter, and the model that reaches the application is never partial.
+
+Every read and write runs under a deadline (`io_timeout`), and the whole transfer under another
+(`transfer_timeout`): on py-libp2p an EOF, a reset and a dead peer look alike, and a writer to a
+stopped peer would otherwise block forever. Concurrent transfers are bounded in each direction.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import msgpack
+import trio
+from libp2p.abc import IHost, INetStream
+from libp2p.custom_types import TProtocol
+from libp2p.peer.id import ID
+
+from transport import codec
+from transport.base import PeerId, Received, TrafficStats
+from transport.errors import DecodeError, PeerUnreachable
+from transport.framing import frame_prefix, read_frame
+from transport.libp2p.errors import MessageTooLarge, TransferRejected
+from transport.libp2p.inbox import Inbox, Slots
+from transport.libp2p.stats import Libp2pStats
+
+__all__ = ["CODEC_NAME", "MODEL_PROTOCOL", "ModelPlane", "ModelPlaneConfig", "TransferHeader", "tag_of"]
+
+log = logging.getLogger(__name__)
+
+MODEL_PROTOCOL = TProtocol("/p2pfl/model/1.0.0")
+CODEC_NAME = "p2pfl-msgpack/1"  # transport.codec; compressed variants will get names of their own
+HEADER_VERSION = 1
+_SHA256_BYTES = 32
+_HASH_IN_THREAD_BYTES = 4 * 2**20  # hash big bodies off the event loop (hashlib releases the GIL)
+
+STATUS_OK = 0
+_STATUS_BY_REASON = {
+    "bad_header": 1,
+    "too_large": 2,
+    "refused": 3,
+    "busy": 4,
+    "hash_mismatch": 5,
+    "undecodable": 6,
+    "kind_mismatch": 7,
+}
+_REASON_BY_STATUS = {code: reason for reason, code in _STATUS_BY_REASON.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class ModelPlaneConfig:
+    """Deadlines (seconds), sizes (bytes) and concurrency of the model plane."""
+
+    io_timeout: float = 10.0  # each read or write of the stream
+    transfer_timeout: float = 600.0  # one whole transfer, either side (bounds a trickling peer)
+    connect_timeout: float = 10.0  # dial and protocol negotiation of a new stream
+    # How long a receiver waits for a free slot before refusing "busy". Yamux gives up on a writer
+    # whose window stays shut for 5 s, so waiting longer would only turn "busy" into a reset.
+    queue_timeout: float = 2.0
+    chunk_bytes: int = 2**20
+    max_header_bytes: int = 4096
+    max_body_bytes: int = codec.DEFAULT_LIMITS.max_frame_bytes
+    max_inbound: int = 4  # transfers being received at once
+    max_outbound: int = 4  # transfers being sent at once
+
+    def __post_init__(self) -> None:
+        for name in ("io_timeout", "transfer_timeout", "connect_timeout", "queue_timeout"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0")
+        for name in ("chunk_bytes", "max_header_bytes", "max_body_bytes", "max_inbound", "max_outbound"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+
+
+DEFAULT_MODEL_PLANE = ModelPlaneConfig()
+
+
+@dataclass(frozen=True, slots=True)
+class TransferHeader:
+    """What a receiver learns before the body, enough to refuse it unread.
+
+    `kind` is the codec tag of the message and `round` its round (or -1), so the layer above can
+    refuse, say, a model for a round it has closed without downloading it (`accept` hook).
+    """
+
+    kind: str
+    round: int
+    size: int
+    sha256: bytes
+    codec: str = CODEC_NAME
+
+    def encode(self) -> bytes:
+        body = msgpack.packb([HEADER_VERSION, self.kind, self.round, self.size, self.sha256, self.codec])
+        return frame_prefix(len(body)) + body
+
+    @classmethod
+    def decode(cls, data: bytes) -> TransferHeader:
+        """The header in `data`; `DecodeError` if it is not exactly a well-typed version-1 header."""
+        try:
+            raw = msgpack.unpackb(
+                data, raw=False, max_str_len=256, max_bin_len=64, max_array_len=16, max_map_len=0
+            )
+        except (ValueError, TypeError, OverflowError, RecursionError) as exc:
+            raise DecodeError(f"malformed transfer header: {exc}") from exc
+        if not (isinstance(raw, list) and len(raw) == 6 and raw[0] == HEADER_VERSION):
+            raise DecodeError(f"not a version-{HEADER_VERSION} transfer header")
+        _, kind, round_, size, digest, codec_name = raw
+        if not (
+            isinstance(kind, str)
+            and type(round_) is int
+            and type(size) is int
+            and size >= 0
+            and isinstance(digest, bytes)
+            and len(digest) == _SHA256_BYTES
+            and isinstance(codec_name, str)
+        ):
+            raise DecodeError("transfer header fields have the wrong types")
+        return cls(kind, round_, size, digest, codec_name)
+
+
+AcceptFn = Callable[[PeerId, TransferHeader], bool]
+
+_TAGS: dict[type, str] = {}
+
+
+def tag_of(message: object) -> str:
+    """The codec tag `message`'s type is registered under (TypeError if none)."""
+    tag = _TAGS.get(type(message))
+    if tag is None:
+        _TAGS.update({cls: tag for tag, cls in codec.message_types().items()})
+        tag = _TAGS.get(type(message))
+        if tag is None:
+            raise TypeError(f"{type(message).__qualname__} is not a registered message type")
+    return tag
+
+
+class _Refused(Exception):
+    """A transfer we refuse, with the reason that goes to the counters and the status byte."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+class ModelPlane:
+    """Sends and receives model-plane transfers for one host; received messages go to the inbox."""
+
+    def __init__(
+        self,
+        host: IHost,
+        inbox: Inbox,
+        *,
+        traffic: TrafficStats,
+        stats: Libp2pStats,
+        config: ModelPlaneConfig = DEFAULT_MODEL_PLANE,
+        limits: codec.Limits = codec.DEFAULT_LIMITS,
+        accept: AcceptFn | None = None,
+        inbox_slots: int = 16,
+    ) -> None:
+        self.config = config
+        self._host = host
+        self._inbox = inbox
+        self._slots = Slots("models", inbox_slots)
+        self._traffic = traffic
+        self._stats = stats
+        self._limits = limits
+        self._accept = accept
+        self._inbound = trio.Semaphore(config.max_inbound)
+        self._outbound = trio.Semaphore(config.max_outbound)
+        self.closing = False  # set at shutdown: transfers cut off by it are not the peer's fault
+
+    def install(self) -> None:
+        """Register the stream handler; before the host listens, so no early stream is refused."""
+        self._host.set_stream_handler(MODEL_PROTOCOL, self._handle)
+
+    # --- sending --------------------------------------------------------------------------------
+
+    async def send(self, peer: ID, *, kind: str, round_: int, body: bytes) -> None:
+        """Transfer `body` (an encoded message) to `peer` and wait for its verdict.
+
+        Raises `TransferRejected` if the peer refused it after reading, `PeerUnreachable` if the
+        dial, a write or the verdict failed or timed out.
+        """
+        cfg = self.config
+        if len(body) > cfg.max_body_bytes:
+            raise MessageTooLarge(f"message of {len(body)} bytes exceeds the {cfg.max_body_bytes}-byte cap")
+        digest = await _sha256(body)
+        header = TransferHeader(kind, round_, len(body), digest).encode()
+        try:
+            with trio.fail_after(cfg.transfer_timeout):
+                async with self._outbound:
+                    await self._transfer(peer, header, body)
+        except trio.TooSlowError as exc:
+            self._stats.transfers_failed += 1
+            raise PeerUnreachable(f"transfer to {peer} exceeded {cfg.transfer_timeout} s") from exc
+        except PeerUnreachable:
+            self._stats.transfers_failed += 1
+            raise
+        self._stats.transfers_sent += 1
+        self._traffic.messages_sent += 1
+
+    async def _transfer(self, peer: ID, header: bytes, body: bytes) -> None:
+        cfg = self.config
+        try:
+            with trio.fail_after(cfg.connect_timeout):
+                stream = await self._host.new_stream(peer, [MODEL_PROTOCOL])
+        except trio.TooSlowError as exc:
+            raise PeerUnreachable(f"no stream to {peer} within {cfg.connect_timeout} s") from exc
+        except Exception as exc:  # dial and negotiation errors come in many libp2p types
+            raise PeerUnreachable(f"no stream to {peer}: {exc!r}") from exc
+        step = "header"
+        try:
+            await self._write(stream, header)
+            step = "body"
+            view = memoryview(body)
+            for start in range(0, len(body), cfg.chunk_bytes):
+                await self._write(stream, bytes(view[start : start + cfg.chunk_bytes]))
+            step = "verdict"
+            with trio.fail_after(cfg.io_timeout):
+                status = await stream.read(1)
+            if not status:
+                raise EOFError("stream ended before the verdict")
+            self._traffic.bytes_received += len(status)
+        except BaseException as exc:
+            await _reset(stream)
+            if isinstance(exc, trio.TooSlowError):
+                raise PeerUnreachable(f"{peer}: {step} timed out after {cfg.io_timeout} s") from exc
+            if isinstance(exc, Exception):
+                raise PeerUnreachable(f"{peer}: transfer broke off at the {step}: {exc!r}") from exc
+            raise  # Cancelled and friends
+        if status[0] != STATUS_OK:
+            await _reset(stream)
+            reason = _REASON_BY_STATUS.get(status[0], f"status {status[0]}")
+            raise TransferRejected(f"{peer} refused the transfer: {reason}")
+        await _close(stream)
+
+    async def _write(self, stream: INetStream, data: bytes) -> None:
+        with trio.fail_after(self.config.io_timeout):
+            await stream.write(data)
+        self._traffic.bytes_sent += len(data)
+
+    # --- receiving ------------------------------------------------------------------------------
+
+    async def _handle(self, stream: INetStream) -> None:
+        """Stream handler: never raises, so a bad peer cannot disturb the connection's other streams."""
+        sender = stream.muxed_conn.peer_id.to_base58()
+        acquired = False
+        with trio.move_on_after(self.config.queue_timeout):
+            await self._inbound.acquire()
+            acquired = True
+        if not acquired:
+            refusal = _Refused("busy", f"all {self.config.max_inbound} inbound transfer slots taken")
+            await self._refuse(stream, sender, refusal)
+            return
+        try:
+            await self._receive(stream, sender)
+        finally:
+            self._inbound.release()
+
+    async def _receive(self, stream: INetStream, sender: PeerId) -> None:
+        cfg = self.config
+        reserved = False
+        try:
+            with trio.fail_after(cfg.transfer_timeout):
+                header = await self._read_header(stream)
+                self._check(sender, header)
+                with trio.move_on_after(cfg.queue_timeout):
+                    await self._slots.reserve()
+                    reserved = True
+                if not reserved:
+                    raise _Refused("busy", f"{self._slots.capacity} received messages not yet consumed")
+                body = await self._read_body(stream, header)
+                message = self._decode(body, header)
+        except _Refused as refusal:
+            await self._refuse(stream, sender, refusal)
+        except trio.TooSlowError:
+            await self._refuse(stream, sender, _Refused("timeout", "a read or the transfer ran late"))
+        except Exception as exc:  # the peer reset, closed early or vanished mid-transfer
+            await self._refuse(stream, sender, _Refused("truncated", repr(exc)))
+        else:
+            self._stats.transfers_received += 1
+            self._traffic.messages_received += 1
+            self._inbox.deliver(Received(sender, message), self._slots)
+            reserved = False
+            await self._reply(stream, STATUS_OK)
+            await _close(stream)
+        finally:
+            if reserved:
+                self._slots.release()
+
+    async def _read_header(self, stream: INetStream) -> TransferHeader:
+        try:
+            raw = await read_frame(
+                lambda n: self._read_exactly(stream, n), max_frame_bytes=self.config.max_header_bytes
+            )
+        except DecodeError as exc:  # the only DecodeError of read_frame: length over the cap
+            raise _Refused("too_large", f"header: {exc}") from exc
+        try:
+            return TransferHeader.decode(raw)
+        except DecodeError as exc:
+            raise _Refused("bad_header", str(exc)) from exc
+
+    def _check(self, sender: PeerId, header: TransferHeader) -> None:
+        if header.codec != CODEC_NAME:
+            raise _Refused("bad_header", f"unknown codec {header.codec[:40]!r}")
+        if header.size > self.config.max_body_bytes:
+            raise _Refused("too_large", f"{header.size} bytes announced, cap {self.config.max_body_bytes}")
+        if self._accept is None:
+            return
+        try:
+            wanted = self._accept(sender, header)
+        except Exception:
+            log.exception("the accept_transfer hook failed; refusing the transfer")
+            wanted = False
+        if not wanted:
+            raise _Refused("refused", f"{header.kind[:40]!r} round {header.round} not wanted")
+
+    async def _read_body(self, stream: INetStream, header: TransferHeader) -> bytearray:
+        """Exactly `header.size` bytes, hashed as they come.
+
+        The buffer grows with what arrives instead of being allocated from the header: a peer that
+        announces 500 MB and trickles a byte at a time holds only what it actually sent.
+        """
+        body = bytearray()
+        hasher = hashlib.sha256()
+        while len(body) < header.size:
+            chunk = await self._read_some(stream, min(self.config.chunk_bytes, header.size - len(body)))
+            body += chunk
+            hasher.update(chunk)
+        if hasher.digest() != header.sha256:
+            raise _Refused("hash_mismatch", f"sha256 of the {header.size}-byte body differs from the header")
+        return body
+
+    def _decode(self, body: bytearray, header: TransferHeader) -> object:
+        try:
+            message = codec.decode(body, limits=self._limits)
+        except DecodeError as exc:
+            raise _Refused("undecodable", str(exc)) from exc
+        if tag_of(message) != header.kind:
+            raise _Refused("kind_mismatch", f"header says {header.kind[:40]!r}, body is another type")
+        return message
+
+    async def _read_exactly(self, stream: INetStream, n: int) -> bytes:
+        parts = []
+        while n:
+            chunk = await self._read_some(stream, n)
+            parts.append(chunk)
+            n -= len(chunk)
+        return b"".join(parts)
+
+    async def _read_some(self, stream: INetStream, n: int) -> bytes:
+        """1..n bytes; EOFError at end of stream; TooSlowError past `io_timeout`."""
+        with trio.fail_after(self.config.io_timeout):
+            chunk = await stream.read(n)
+        if not chunk:
+            raise EOFError("stream ended mid-transfer")
+        self._traffic.bytes_received += len(chunk)
+        return chunk
+
+    async def _refuse(self, stream: INetStream, sender: PeerId, refusal: _Refused) -> None:
+        if self.closing:
+            log.debug("transfer from %s cut off by shutdown: %s", sender, refusal)
+            await _reset(stream)
+            return
+        self._stats.reject_transfer(refusal.reason)
+        self._traffic.messages_rejected += 1
+        log.warning("refused a model-plane transfer from %s (%s): %s", sender, refusal.reason, refusal.detail)
+        code = _STATUS_BY_REASON.get(refusal.reason)
+        if code is not None:  # the stream is still in step: tell the sender why, best effort
+            await self._reply(stream, code)
+        await _reset(stream)
+
+    async def _reply(self, stream: INetStream, status: int) -> None:
+        with trio.move_on_after(self.config.io_timeout):
+            try:
+                await stream.write(struct.pack("B", status))
+                self._traffic.bytes_sent += 1
+            except Exception as exc:
+                log.debug("could not send status %d: %r", status, exc)
+
+
+async def _sha256(body: bytes) -> bytes:
+    if len(body) >= _HASH_IN_THREAD_BYTES:
+        return await trio.to_thread.run_sync(lambda: hashlib.sha256(body).digest())
+    return hashlib.sha256(body).digest()
+
+
+async def _reset(stream: INetStream) -> None:
+    """Reset, shielded and bounded: runs on error paths, often under an expired deadline."""
+    with trio.CancelScope(shield=True), trio.move_on_after(1.0):
+        try:
+            await stream.reset()
+        except Exception as exc:
+            log.debug("stream reset failed: %r", exc)
+
+
+async def _close(stream: INetStream) -> None:
+    with trio.CancelScope(shield=True), trio.move_on_after(1.0):
+        try:
+            await stream.close()
+        except Exception as exc:
+            log.debug("stream close failed: %r", exc)

@@ -1,0 +1,71 @@
+"""Which peers are connected, from the swarm's connect/disconnect notifications.
+
+libp2p reports connections, not peers: two hosts dialing each other at once hold two connections,
+and one may close while the other stays. A peer is connected while it has at least one connection,
+so `PeerConnected` fires on its first and `PeerDisconnected` on its last.
+"""
+
+from __future__ import annotations
+
+import multiaddr
+import trio
+from libp2p.abc import INetConn, INetStream, INetwork, INotifee
+from libp2p.peer.id import ID
+
+from transport.base import PeerConnected, PeerDisconnected, PeerId
+from transport.libp2p.inbox import Inbox
+
+__all__ = ["ConnectionTracker"]
+
+
+class ConnectionTracker(INotifee):
+    """Swarm notifee: keeps the connected-peer set and turns its changes into inbox events."""
+
+    def __init__(self, inbox: Inbox) -> None:
+        self._inbox = inbox
+        self._conns: dict[ID, set[INetConn]] = {}
+        self._gone: dict[ID, trio.Event] = {}
+
+    def peers(self) -> frozenset[PeerId]:
+        return frozenset(peer.to_base58() for peer in self._conns)
+
+    def is_connected(self, peer: ID) -> bool:
+        return peer in self._conns
+
+    async def wait_disconnected(self, peer: ID) -> None:
+        """Return once `peer` has no connection left (at once if it has none now)."""
+        if peer in self._conns:
+            await self._gone.setdefault(peer, trio.Event()).wait()
+
+    async def connected(self, network: INetwork, conn: INetConn) -> None:
+        peer = conn.muxed_conn.peer_id
+        conns = self._conns.setdefault(peer, set())
+        if not conns:
+            self._inbox.push_peer_event(PeerConnected(peer.to_base58()))
+        conns.add(conn)
+
+    async def disconnected(self, network: INetwork, conn: INetConn) -> None:
+        peer = conn.muxed_conn.peer_id
+        conns = self._conns.get(peer)
+        if conns is None or conn not in conns:
+            return  # a connection we never saw open (refused at registration)
+        conns.discard(conn)
+        if conns:
+            return
+        del self._conns[peer]
+        self._inbox.push_peer_event(PeerDisconnected(peer.to_base58()))
+        event = self._gone.pop(peer, None)
+        if event is not None:
+            event.set()
+
+    async def opened_stream(self, network: INetwork, stream: INetStream) -> None:
+        pass
+
+    async def closed_stream(self, network: INetwork, stream: INetStream) -> None:
+        pass
+
+    async def listen(self, network: INetwork, multiaddr: multiaddr.Multiaddr) -> None:
+        pass
+
+    async def listen_close(self, network: INetwork, multiaddr: multiaddr.Multiaddr) -> None:
+        pass

@@ -1,0 +1,251 @@
+"""`Libp2pTransport`: the `Transport` interface on a real libp2p host, for the node daemon.
+
+Direct messages (`send`) go over the model plane, one verified stream per message; `publish` and
+`subscribe` go over GossipSub; connects, disconnects and arrivals come out of `events` in order.
+`open_libp2p_transport` owns the whole lifetime: it builds the host, starts listening, the pubsub
+services and the bootstrap dialers, and on exit stops them all, closes every connection and ends the
+event stream.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from os import PathLike
+
+import multiaddr
+import trio
+from libp2p.abc import IHost
+from libp2p.crypto.keys import KeyPair
+from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
+from libp2p.peer.peerstore import PERMANENT_ADDR_TTL
+
+from transport import codec
+from transport.base import Event, PeerId, TrafficStats, Transport
+from transport.errors import PeerUnreachable
+from transport.libp2p.bootstrap import keep_connected
+from transport.libp2p.control_plane import DEFAULT_CONTROL_PLANE, ControlPlane, ControlPlaneConfig
+from transport.libp2p.host import DEFAULT_LISTEN, build_host, parse_multiaddrs
+from transport.libp2p.identity import load_or_create_key_pair
+from transport.libp2p.inbox import Inbox
+from transport.libp2p.model_plane import DEFAULT_MODEL_PLANE, AcceptFn, ModelPlane, ModelPlaneConfig, tag_of
+from transport.libp2p.peers import ConnectionTracker
+from transport.libp2p.stats import Libp2pStats
+
+__all__ = ["Libp2pTransport", "open_libp2p_transport"]
+
+log = logging.getLogger(__name__)
+
+
+class Libp2pTransport(Transport):
+    """One node's libp2p endpoint. Create it with `open_libp2p_transport`."""
+
+    def __init__(
+        self,
+        host: IHost,
+        *,
+        inbox: Inbox,
+        tracker: ConnectionTracker,
+        model_plane: ModelPlane,
+        control_plane: ControlPlane,
+        traffic: TrafficStats,
+        stats: Libp2pStats,
+    ) -> None:
+        self.host = host
+        self.peer_id: PeerId = host.get_id().to_base58()
+        self.stats = traffic
+        self.libp2p_stats = stats
+        self.model_plane = model_plane
+        self.control_plane = control_plane
+        self._inbox = inbox
+        self._tracker = tracker
+
+    @property
+    def addrs(self) -> list[str]:
+        """Full multiaddrs peers can dial, each ending in ``/p2p/<our peer id>``."""
+        return [str(addr) for addr in self.host.get_addrs()]
+
+    @property
+    def events(self) -> trio.abc.ReceiveChannel[Event]:
+        return self._inbox
+
+    def peers(self) -> frozenset[PeerId]:
+        return self._tracker.peers()
+
+    def add_peer_addrs(self, addrs: Sequence[str]) -> list[PeerId]:
+        """Remember where peers listen (full multiaddrs with /p2p/), so `send` can dial them."""
+        peers = []
+        for addr in parse_multiaddrs(addrs):
+            info = _peer_info(addr)
+            self.host.get_peerstore().add_addrs(info.peer_id, info.addrs, PERMANENT_ADDR_TTL)
+            peers.append(info.peer_id.to_base58())
+        return peers
+
+    async def connect(self, addr: str, *, timeout: float | None = None) -> PeerId:
+        """Dial the peer at full multiaddr `addr` now; its peer ID, or `PeerUnreachable`."""
+        info = _peer_info(parse_multiaddrs([addr])[0])
+        timeout = self.model_plane.config.connect_timeout if timeout is None else timeout
+        try:
+            with trio.fail_after(timeout):
+                await self.host.connect(info)
+        except Exception as exc:
+            raise PeerUnreachable(f"cannot connect to {addr}: {exc!r}") from exc
+        return info.peer_id.to_base58()
+
+    async def disconnect(self, peer: PeerId) -> None:
+        """Close every connection to `peer` (a `PeerDisconnected` follows)."""
+        await self.host.disconnect(_peer_id(peer))
+
+    async def send(self, peer: PeerId, message: object) -> None:
+        """Deliver `message` to `peer` over the model plane, dialing it if its address is known.
+
+        Returns once the peer verified and queued it. Raises `PeerUnreachable` (or its subclass
+        `TransferRejected`) otherwise, within the model plane's deadlines.
+        """
+        body = codec.encode(message)
+        peer_id = _peer_id(peer)
+        if peer_id == self.host.get_id():
+            raise PeerUnreachable("a node does not send to itself")
+        if not self._tracker.is_connected(peer_id) and not self._known_addrs(peer_id):
+            raise PeerUnreachable(f"{peer} is not connected and its address is unknown")
+        round_ = getattr(message, "round", -1)
+        await self.model_plane.send(
+            peer_id, kind=tag_of(message), round_=round_ if type(round_) is int else -1, body=body
+        )
+
+    def _known_addrs(self, peer_id: ID) -> list[multiaddr.Multiaddr]:
+        try:
+            return self.host.get_peerstore().addrs(peer_id)
+        except KeyError:  # PeerStoreError: unknown, or its addresses expired
+            return []
+
+    async def publish(self, topic: str, message: object) -> None:
+        """Gossip a small control message; `MessageTooLarge` above the control plane's cap."""
+        await self.control_plane.publish(topic, codec.encode(message))
+
+    async def subscribe(self, topic: str) -> None:
+        await self.control_plane.subscribe(topic)
+
+
+@asynccontextmanager
+async def open_libp2p_transport(
+    *,
+    key_dir: str | PathLike[str] | None = None,
+    key_pair: KeyPair | None = None,
+    listen: str | Sequence[str] = DEFAULT_LISTEN,
+    announce: Sequence[str] | None = None,
+    bootstrap: Sequence[str] = (),
+    max_connections: int = 128,
+    model: ModelPlaneConfig = DEFAULT_MODEL_PLANE,
+    control: ControlPlaneConfig = DEFAULT_CONTROL_PLANE,
+    limits: codec.Limits = codec.DEFAULT_LIMITS,
+    accept_transfer: AcceptFn | None = None,
+    max_pending_models: int = 16,
+    bootstrap_backoff: tuple[float, float] = (0.5, 30.0),
+    rng: random.Random | None = None,
+) -> AsyncIterator[Libp2pTransport]:
+    """A running libp2p transport, stopped (hosts, services, connections) when the block exits.
+
+    Identity: `key_pair`, or the key in `key_dir` (created there on first use); one of the two.
+    `listen` and `bootstrap` are multiaddrs, bootstrap ones with ``/p2p/<peer id>``; bootstrap peers
+    are redialed with backoff (`bootstrap_backoff` = initial, max seconds) for as long as we run.
+    `accept_transfer(sender, header)` may refuse a model-plane transfer before its body is read.
+    At most `max_pending_models` received models wait unread in `events`; beyond that, senders
+    are refused as busy rather than buffered.
+    """
+    if (key_dir is None) == (key_pair is None):
+        raise ValueError("give exactly one of key_dir and key_pair")
+    if key_pair is None:
+        key_pair = load_or_create_key_pair(key_dir)  # type: ignore[arg-type]
+    listen_addrs = parse_multiaddrs([listen] if isinstance(listen, str) else listen)
+    bootstrap_peers = [_peer_info(addr) for addr in parse_multiaddrs(bootstrap)]
+
+    host = build_host(
+        key_pair,
+        listen=listen_addrs,
+        announce=announce,
+        max_connections=max_connections,
+        dial_timeout=model.connect_timeout,
+    )
+    inbox = Inbox()
+    traffic, stats = TrafficStats(), Libp2pStats()
+    tracker = ConnectionTracker(inbox)
+    host.get_network().register_notifee(tracker)
+    model_plane = ModelPlane(
+        host,
+        inbox,
+        traffic=traffic,
+        stats=stats,
+        config=model,
+        limits=limits,
+        accept=accept_transfer,
+        inbox_slots=max_pending_models,
+    )
+    model_plane.install()
+    control_plane = ControlPlane(host, inbox, traffic=traffic, stats=stats, config=control)
+    transport = Libp2pTransport(
+        host,
+        inbox=inbox,
+        tracker=tracker,
+        model_plane=model_plane,
+        control_plane=control_plane,
+        traffic=traffic,
+        stats=stats,
+    )
+    try:
+        async with host.run(listen_addrs), control_plane.running(), trio.open_nursery() as nursery:
+            for info in bootstrap_peers:
+                host.get_peerstore().add_addrs(info.peer_id, info.addrs, PERMANENT_ADDR_TTL)
+                nursery.start_soon(
+                    lambda info=info: keep_connected(
+                        host,
+                        info,
+                        tracker,
+                        dial_timeout=model.connect_timeout,
+                        initial_backoff=bootstrap_backoff[0],
+                        max_backoff=bootstrap_backoff[1],
+                        rng=rng,
+                    )
+                )
+            log.info("libp2p transport %s listening on %s", transport.peer_id, ", ".join(transport.addrs))
+            try:
+                yield transport
+            finally:
+                nursery.cancel_scope.cancel()
+                model_plane.closing = True
+                await _close_connections(host)
+    finally:
+        inbox.close()
+
+
+async def _close_connections(host: IHost) -> None:
+    """Close listeners and connections while pubsub still runs.
+
+    Stopping pubsub first would leave its stream readers alive on open connections; the next
+    message to arrive makes them schedule work on the stopped service, and the RuntimeError
+    that raises tears down the swarm with an exception group.
+    """
+    with trio.CancelScope(shield=True), trio.move_on_after(5.0) as scope:
+        try:
+            await host.get_network().close()
+        except Exception as exc:
+            log.warning("error while closing connections: %r", exc)
+    if scope.cancelled_caught:
+        log.warning("closing connections took over 5 s; stopping anyway")
+
+
+def _peer_info(addr: multiaddr.Multiaddr) -> PeerInfo:
+    try:
+        return info_from_p2p_addr(addr)
+    except Exception as exc:
+        raise ValueError(f"{addr} is not a full peer address (it must end in /p2p/<peer id>)") from exc
+
+
+def _peer_id(peer: PeerId) -> ID:
+    try:
+        return ID.from_base58(peer)
+    except Exception as exc:
+        raise PeerUnreachable(f"{peer!r} is not a peer ID") from exc
