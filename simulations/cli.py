@@ -125,8 +125,9 @@ def format_comparison(result: ScenarioResult) -> str:
             reached = f"{summary['rounds_to_target']} / {summary['bytes_to_target'] / 2**20:.2f}"
         elif target is not None:
             reached = "not reached"
+        final = "n/a" if summary["final_mean_accuracy"] is None else f"{summary['final_mean_accuracy']:.4f}"
         lines.append(
-            f"{name:<24} {summary['final_mean_accuracy']:>9.4f} {summary['bytes_sent'] / 2**20:>9.2f} "
+            f"{name:<24} {final:>9} {summary['bytes_sent'] / 2**20:>9.2f} "
             f"{summary['wall_s']:>7.1f}  {reached}"
         )
     return "\n".join(lines)
@@ -140,8 +141,10 @@ def format_table(result: EmulationResult) -> str:
             f"{r.round:>5}  {r.mean_accuracy:>8.4f}  {r.min_accuracy:>6.3f}  {r.max_accuracy:>6.3f}  "
             f"{r.bytes_sent / 2**20:>9.2f}  {r.virtual_time:>9.2f}"
         )
+    final = "n/a" if result.final_mean_accuracy is None else f"{result.final_mean_accuracy:.4f}"
     lines.append(
-        f"final mean accuracy {result.final_mean_accuracy:.4f} after {len(result.rounds)} rounds, "
+        f"final mean accuracy {final} after {len(result.rounds)} rounds, "
         f"{result.bytes_sent / 2**20:.2f} MiB sent, {result.wall_s:.1f} s wall"
+        + (" (STALLED: no round finished for stall_timeout)" if result.stalled else "")
     )
     return "\n".join(lines)
