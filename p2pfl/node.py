@@ -8,11 +8,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
 
+import torch
 import trio
 
 from gossip.learning import Learning
 from gossip.protocol import RoundProtocol
 from p2pfl.aggregation import Aggregator, Contribution, FedAvg
+from p2pfl.attacks.model_poisoning import ModelPoisoning
 from p2pfl.compute import Compute, ThreadCompute
 from p2pfl.errors import IncompatibleModel
 from p2pfl.learner import Learner
@@ -57,6 +59,10 @@ class Node:
 
     `local_steps` is how many SGD steps each round trains (None: one epoch of local data);
     `evaluate_every` sets how often (in rounds) the model is tested, 0 for never.
+
+    `attack` turns the node Byzantine, for experiments: every model it sends is crafted by the
+    attack from its own model and the models it last received (what a real attacker in its place
+    would know), with randomness from `attack_seed`. It still runs the honest protocol otherwise.
     """
 
     def __init__(
@@ -70,6 +76,8 @@ class Node:
         evaluate_every: int = 1,
         compute: Compute | None = None,
         observer: RoundObserver | None = None,
+        attack: ModelPoisoning | None = None,
+        attack_seed: int = 0,
     ) -> None:
         if local_steps is not None and local_steps < 1:
             raise ValueError(f"local_steps must be >= 1 or None, got {local_steps}")
@@ -83,6 +91,9 @@ class Node:
         self.evaluate_every = evaluate_every
         self.compute = compute or ThreadCompute()
         self.observer = observer
+        self.attack = attack
+        self._attack_generator = torch.Generator().manual_seed(attack_seed)
+        self._last_received: list[ModelState] = []
         self.history: list[RoundRecord] = []
         self.models_rejected = 0
 
@@ -120,8 +131,13 @@ class _NodeLearning(Learning):
         await node.compute.run(lambda: node.learner.train(steps=steps), steps=steps)
 
     def export_model(self) -> ModelPayload:
-        learner = self._node.learner
-        return ModelPayload(tensors=learner.state().to_numpy(), weight=float(learner.num_samples))
+        node = self._node
+        state = node.learner.state()
+        if node.attack is not None:
+            state = node.attack.craft_state(
+                state, node._last_received, round=len(node.history), generator=node._attack_generator
+            )
+        return ModelPayload(tensors=state.to_numpy(), weight=float(node.learner.num_samples))
 
     async def merge(
         self, models: Sequence[tuple[PeerId, ModelPayload]], *, mixing: Mapping[PeerId, float] | None = None
@@ -168,6 +184,8 @@ class _NodeLearning(Learning):
             except IncompatibleModel as exc:
                 node.models_rejected += 1
                 log.warning("%s rejected a model from %s: %s", node.peer_id, sender, exc)
+        if node.attack is not None and valid:
+            node._last_received = [c.state for c in valid]
         return valid
 
     async def finish_round(self, round: int) -> None:

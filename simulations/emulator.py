@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import trio
 import trio.testing
+from torch.utils.data import Dataset
 
 from gossip.dpsgd import DPSGD
 from gossip.federated import FederatedLearning
@@ -27,6 +28,7 @@ from gossip.modest import Modest
 from gossip.modest_settings import ModestSettings
 from gossip.protocol import RoundProtocol
 from p2pfl.aggregation.registry import build_aggregator
+from p2pfl.attacks import Attack, LabelFlip, build_attack, choose_byzantine
 from p2pfl.compute import VirtualCompute
 from p2pfl.datasets import dirichlet_split, iid_split, labels_of, take
 from p2pfl.errors import ConfigError
@@ -35,12 +37,13 @@ from p2pfl.node import Node, RoundRecord
 from simulations.churn import ChurnEvent, PlannedEvent, plan_churn
 from simulations.results import EmulationResult, summarise_nodes, summarise_rounds
 from simulations.seeds import derive_seed
+from simulations.synthetic import synthetic_task
 from simulations.task import Task, digits_task
-from simulations.topology import build_topology
+from simulations.topology import build_topology, load_topology
 from transport.memory import MemoryNetwork, open_memory_network
 
 # Purposes for derived seeds, so that e.g. changing the data split never changes the topology.
-_TOPOLOGY, _SPLIT, _BATCHES, _PROTOCOL, _INIT, _CHURN, _SCHEDULER = range(7)
+_TOPOLOGY, _SPLIT, _BATCHES, _PROTOCOL, _INIT, _CHURN, _SCHEDULER, _BYZANTINE, _ATTACK = range(9)
 
 PROTOCOLS = ("gossip", "dpsgd", "modest", "fl")
 # Protocols driven by events rather than a clock: their run ends when the last round is recorded.
@@ -48,6 +51,7 @@ _EVENT_DRIVEN = ("modest", "fl")
 _MODEST_PARAMS = frozenset(f.name for f in fields(ModestSettings)) | {"join_fanout"}
 _FL_PARAMS = frozenset({"s", "round_timeout"})
 _FL_SERVER = 0  # node index of the FL baseline's server
+_NUM_CLASSES = 10  # of the digits task; label_flip's default
 
 
 @dataclass(frozen=True)
@@ -57,11 +61,23 @@ class EmulationConfig:
     nodes: int = 16
     topology: str = "random_regular"
     topology_params: dict[str, int | float] = field(default_factory=dict)
+    topology_file: str | None = None  # a GraphML / GML / edge-list file; `nodes` must match it
+    # Clock-driven protocols (gossip, dpsgd): draw a new graph of the same kind every this many
+    # rounds (0: never), e.g. a fresh random 4-regular graph per round.
+    resample_every: int = 0
+    task: str = "digits"  # or "synthetic": a Gaussian mixture generated per node
+    # synthetic: features, classes, separation, samples_per_node, test_samples_per_class
+    task_params: dict[str, Any] = field(default_factory=dict)
     protocol: str = "gossip"  # gossip, dpsgd, modest or fl
     # modest: ModestSettings fields (s, a, sf, ping_timeout, ping_interval, inactivity_threshold,
     # aggregation_timeout, min_models) and join_fanout; fl: s and round_timeout.
     protocol_params: dict[str, Any] = field(default_factory=dict)
     churn: tuple[ChurnEvent, ...] = ()
+    # Byzantine nodes: `byzantine_fraction` of the nodes (picked by seed) run `attack` (a name from
+    # p2pfl.attacks.ATTACKS, with `attack_params`); rows then average honest nodes only.
+    attack: str | None = None
+    attack_params: dict[str, Any] = field(default_factory=dict)
+    byzantine_fraction: float = 0.0
     stall_timeout: float = 600.0  # stop (and say so) when no round finishes for this long
     # Intra-op threads for torch during the run. Nodes' models are small: with more threads torch
     # spends its time handing tiny kernels around (measured 20x slower on a busy 2-core machine).
@@ -107,11 +123,34 @@ class EmulationConfig:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
         if self.latency < 0 or self.seconds_per_step < 0:
             raise ConfigError("latency and seconds_per_step must be >= 0")
+        if self.task not in ("digits", "synthetic"):
+            raise ConfigError(f"task must be 'digits' or 'synthetic', got {self.task!r}")
+        if self.task == "digits" and self.task_params:
+            raise ConfigError(f"task_params: the digits task takes none, got {sorted(self.task_params)}")
+        if self.task == "synthetic":
+            _make_task(self)  # raises ConfigError on bad task_params
+        if self.resample_every < 0:
+            raise ConfigError(f"resample_every must be >= 0, got {self.resample_every}")
+        if self.resample_every and (self.protocol in _EVENT_DRIVEN or self.topology_file):
+            raise ConfigError("resample_every needs a clock-driven protocol and a named topology")
+        if self.topology_file is not None:
+            graph = load_topology(self.topology_file)
+            if graph.number_of_nodes() != self.nodes:
+                raise ConfigError(
+                    f"topology_file {self.topology_file} has {graph.number_of_nodes()} nodes "
+                    f"but nodes is {self.nodes}"
+                )
         if self.torch_threads < 1:
             raise ConfigError(f"torch_threads must be >= 1, got {self.torch_threads}")
         if not self.stall_timeout > 0:
             raise ConfigError(f"stall_timeout must be > 0, got {self.stall_timeout}")
         _protocol_params(self)  # raises ConfigError on bad params
+        if not 0.0 <= self.byzantine_fraction < 1.0:
+            raise ConfigError(f"byzantine_fraction must be in [0, 1), got {self.byzantine_fraction}")
+        if self.byzantine_fraction and self.attack is None:
+            raise ConfigError("byzantine_fraction > 0 needs an attack")
+        if self.attack is not None:
+            _build_attack(self)  # raises ConfigError naming the attack
         if any(e.action == "join" for e in self.churn) and self.protocol != "modest":
             raise ConfigError("churn: join is supported with protocol 'modest' only")
         busy = self.local_steps * self.seconds_per_step + self.latency
@@ -130,13 +169,9 @@ def run_emulation(
     A caller's `graph` may have any node labels; they are taken in sorted order.
     """
     config = config or EmulationConfig()
-    task = task or digits_task(
-        seed=config.seed, hidden=config.hidden, activation=config.activation, xavier=config.xavier
-    )
+    task = task or _make_task(config)
     if graph is None:
-        graph = build_topology(
-            config.topology, config.nodes, seed=derive_seed(config.seed, _TOPOLOGY), **config.topology_params
-        )
+        graph = _graph(config, 0)
     elif graph.number_of_nodes() != config.nodes:
         raise ConfigError(f"graph has {graph.number_of_nodes()} nodes but config.nodes is {config.nodes}")
     absent, plan = plan_churn(
@@ -147,13 +182,13 @@ def run_emulation(
     )
     emulation = _Emulation(config, task, graph, absent, plan)
     started = time.perf_counter()
-    with _seeded_scheduler(derive_seed(config.seed, _SCHEDULER)), _torch_threads(config.torch_threads):
+    with _seeded_scheduler(derive_seed(config.seed, _SCHEDULER)), _torch_settings(config.torch_threads):
         trio.run(emulation.run, clock=trio.testing.MockClock(autojump_threshold=0))
     wall_s = time.perf_counter() - started
     return EmulationResult(
         config=config,
-        rounds=summarise_rounds(emulation.nodes, emulation.network),
-        nodes=summarise_nodes(emulation.nodes),
+        rounds=summarise_rounds(emulation.honest_nodes, emulation.network),
+        nodes=summarise_nodes(emulation.nodes, byzantine=emulation.byzantine),
         churn=plan,
         wall_s=wall_s,
         stalled=emulation.stalled,
@@ -184,13 +219,22 @@ def _seeded_scheduler(seed: int) -> Iterator[None]:
 
 
 @contextmanager
-def _torch_threads(count: int) -> Iterator[None]:
+def _torch_settings(threads: int) -> Iterator[None]:
+    """Torch tuned for many small models, restored afterwards.
+
+    Besides the thread count: denormal floats are flushed to zero. Runs where weights shrink (plain
+    averaging of independent models) otherwise fill tensors with denormals, which the CPU handles
+    tens of times slower (a 300-round run went from minutes to over 20).
+    """
     saved = torch.get_num_threads()
-    torch.set_num_threads(count)
+    torch.set_num_threads(threads)
+    flushed = torch.set_flush_denormal(True)
     try:
         yield
     finally:
         torch.set_num_threads(saved)
+        if flushed:
+            torch.set_flush_denormal(False)
 
 
 class _Emulation:
@@ -211,7 +255,15 @@ class _Emulation:
         self.plan = plan
         self.peer_ids = [f"n{i:05d}" for i in range(config.nodes)]
         self.leaving = frozenset(n for e in plan if e.action == "leave" for n in e.nodes)
+        self.byzantine = frozenset(
+            choose_byzantine(
+                config.nodes, config.byzantine_fraction, seed=derive_seed(config.seed, _BYZANTINE)
+            )
+            if config.attack is not None
+            else ()
+        )
         self.nodes: list[Node] = []
+        self._shards: list[np.ndarray] | None = None
         self.scopes: list[trio.CancelScope] = []
         self.pending = list(plan)
         self.progress = 0  # newest round any node has recorded
@@ -230,6 +282,8 @@ class _Emulation:
                 for index in range(config.nodes):
                     if index not in self.absent:
                         nursery.start_soon(self._run_node, index)
+                if config.resample_every:
+                    nursery.start_soon(self._resample_topology)
                 await self._monitor()
                 nursery.cancel_scope.cancel()
 
@@ -239,12 +293,15 @@ class _Emulation:
         peer_of = dict(zip(sorted(self.graph.nodes), self.peer_ids, strict=True))
         for u, v in self.graph.edges:
             network.connect(peer_of[u], peer_of[v])
-        shards = _split(task, config)
-        for i, (transport, shard) in enumerate(zip(transports, shards, strict=True)):
+        for i, transport in enumerate(transports):
             init_seed = derive_seed(config.seed, _INIT, i if config.init == "independent" else 0)
+            attack = _build_attack(config) if i in self.byzantine else None
+            train = self._local_data(i)
+            if isinstance(attack, LabelFlip):
+                train, attack = attack.apply(train), None  # data poisoning: it then trains honestly
             learner = Learner(
                 task.make_model(seed=init_seed),
-                take(task.train, shard),
+                train,
                 task.test,
                 batch_size=config.batch_size,
                 lr=config.lr,
@@ -260,9 +317,35 @@ class _Emulation:
                     evaluate_every=config.evaluate_every,
                     compute=VirtualCompute(config.seconds_per_step),
                     observer=self,
+                    attack=attack,
+                    attack_seed=derive_seed(config.seed, _ATTACK, i),
                 )
             )
             self.scopes.append(trio.CancelScope())
+
+    def _local_data(self, index: int) -> Dataset:
+        if self.task.local_data is not None:
+            return self.task.local_data(index)
+        if self._shards is None:
+            self._shards = _split(self.task, self.config)
+        return take(self.task.train, self._shards[index])
+
+    async def _resample_topology(self) -> None:
+        """Rewire the links between rounds: after the merge, before anyone sends again."""
+        config = self.config
+        half_training = 0.5 * config.local_steps * config.seconds_per_step
+        start = trio.current_time()
+        for round_ in range(config.resample_every, config.rounds, config.resample_every):
+            await trio.sleep_until(start + round_ * config.period + half_training)
+            graph = _graph(config, round_)
+            wanted = {frozenset((self.peer_ids[u], self.peer_ids[v])) for u, v in graph.edges}
+            current = {
+                frozenset((node.peer_id, peer)) for node in self.nodes for peer in node.transport.peers()
+            }
+            for a, b in sorted(tuple(sorted(link)) for link in current - wanted):
+                self.network.disconnect(a, b)
+            for a, b in sorted(tuple(sorted(link)) for link in wanted - current):
+                self.network.connect(a, b)
 
     def _protocol(self, index: int) -> RoundProtocol:
         config = self.config
@@ -300,6 +383,10 @@ class _Emulation:
         finally:
             self.running -= 1
 
+    @property
+    def honest_nodes(self) -> list[Node]:
+        return [node for i, node in enumerate(self.nodes) if i not in self.byzantine]
+
     def round_finished(self, node: Node, record: RoundRecord) -> None:
         """Node observer: track progress and apply churn the moment its round is reached."""
         if record.round <= self.progress:
@@ -336,6 +423,32 @@ class _Emulation:
                 for neighbour in sorted(self.nodes[index].transport.peers()):
                     self.network.disconnect(peer, neighbour)
             self.scopes[index].cancel()
+
+
+def _make_task(config: EmulationConfig) -> Task:
+    model = dict(hidden=config.hidden, activation=config.activation, xavier=config.xavier)
+    if config.task == "digits":
+        return digits_task(seed=config.seed, **model)
+    alpha = config.alpha if config.partition == "dirichlet" else None
+    try:
+        return synthetic_task(seed=config.seed, alpha=alpha, **model, **config.task_params)
+    except TypeError as exc:
+        raise ConfigError(f"task_params: {exc}") from exc
+
+
+def _graph(config: EmulationConfig, round: int) -> nx.Graph:
+    """The topology for rounds from `round` on (0: the start)."""
+    if config.topology_file is not None:
+        return load_topology(config.topology_file)
+    seed = derive_seed(config.seed, _TOPOLOGY, *((round,) if round else ()))
+    return build_topology(config.topology, config.nodes, seed=seed, **config.topology_params)
+
+
+def _build_attack(config: EmulationConfig) -> Attack:
+    params = dict(config.attack_params)
+    if config.attack == "label_flip":
+        params.setdefault("num_classes", _NUM_CLASSES)
+    return build_attack(config.attack or "", **params)
 
 
 def _protocol_params(config: EmulationConfig) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """What an emulated run reports: per-round accuracy and traffic, per-node counters, and the churn applied.
 
-A round's row gathers every node that recorded that round: all nodes for gossip and D-PSGD, the
-nodes that adopted the round's aggregate for MoDeST, the server for FL. Traffic is the whole
+A round's row gathers every honest node that recorded that round: all nodes for gossip and D-PSGD,
+the nodes that adopted the round's aggregate for MoDeST, the server for FL. Byzantine nodes are
+left out of the accuracy (they are listed, flagged, among the nodes). Traffic is the whole
 network's (models, views, pings) up to the instant the round was last recorded.
 """
 
@@ -44,6 +45,7 @@ class NodeSummary:
     messages_received: int
     messages_rejected: int
     models_rejected: int
+    byzantine: bool
 
 
 @dataclass(frozen=True)
@@ -112,9 +114,9 @@ def summarise_rounds(nodes: list[Node], network: MemoryNetwork) -> list[RoundSum
     return summaries
 
 
-def summarise_nodes(nodes: list[Node]) -> list[NodeSummary]:
+def summarise_nodes(nodes: list[Node], *, byzantine: frozenset[int]) -> list[NodeSummary]:
     summaries = []
-    for node in nodes:
+    for index, node in enumerate(nodes):
         stats = node.transport.stats
         accuracy = next((r.accuracy for r in reversed(node.history) if r.accuracy is not None), None)
         summaries.append(
@@ -128,6 +130,7 @@ def summarise_nodes(nodes: list[Node]) -> list[NodeSummary]:
                 messages_received=stats.messages_received,
                 messages_rejected=stats.messages_rejected,
                 models_rejected=node.models_rejected,
+                byzantine=index in byzantine,
             )
         )
     return summaries

@@ -16,16 +16,22 @@ from p2pfl.models import mlp
 
 @dataclass(frozen=True)
 class Task:
-    """Training data to split across nodes, a shared test set, and how to build each node's model.
+    """Training data to split across nodes (or made per node), a shared test set, and the model.
 
     `make_model(seed=...)` is called once per node and must draw its initial weights from that seed
     alone: the emulator passes one seed to every node for a shared initialisation, or a seed per
     node for independent ones.
     """
 
-    train: Dataset
+    train: Dataset | None
     test: Dataset
     make_model: Callable[..., nn.Module]
+    # When set, node i's training data is `local_data(i)` (generated per node) and `train` is unused.
+    local_data: Callable[[int], Dataset] | None = None
+
+    def __post_init__(self) -> None:
+        if (self.train is None) == (self.local_data is None):
+            raise ConfigError("a task needs exactly one of train (split across nodes) and local_data")
 
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh}
