@@ -9,8 +9,9 @@ import click
 
 from p2pfl.errors import ConfigError
 from simulations.emulator import EmulationConfig, run_emulation
+from simulations.report import ProgressBar, write_csv
 from simulations.results import EmulationResult
-from simulations.scenario import ScenarioResult, load_scenario, run_scenario
+from simulations.scenario import ScenarioResult, load_scenario
 from simulations.topology import BUILDERS
 
 _DEFAULTS = EmulationConfig()
@@ -21,7 +22,7 @@ def sim() -> None:
     """Emulate a network of nodes in virtual time."""
 
 
-_SCENARIO_COMPATIBLE = {"scenario", "seed", "json_path"}
+_SCENARIO_COMPATIBLE = {"scenario", "seed", "json_path", "csv_dir", "plots_dir", "progress"}
 
 
 @sim.command()
@@ -44,6 +45,21 @@ _SCENARIO_COMPATIBLE = {"scenario", "seed", "json_path"}
 @click.option(
     "--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the summary here."
 )
+@click.option(
+    "--csv",
+    "csv_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Write rounds.csv and nodes.csv into this folder.",
+)
+@click.option(
+    "--plots",
+    "plots_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Write PNG plots (accuracy vs round, virtual time and bytes; topology) into this folder.",
+)
+@click.option(
+    "--progress/--no-progress", default=None, help="Show a progress bar [default: on a terminal only]."
+)
 @click.pass_context
 def run(
     ctx: click.Context,
@@ -58,11 +74,14 @@ def run(
     local_steps: int,
     seed: int,
     json_path: Path | None,
+    csv_dir: Path | None,
+    plots_dir: Path | None,
+    progress: bool | None,
 ) -> None:
     """Run SCENARIO (a TOML file), or gossip learning on digits set up by the options.
 
-    With no arguments: 16 nodes on a random 4-regular graph. With a scenario file, only --seed and
-    --json may be given as well.
+    With no arguments: 16 nodes on a random 4-regular graph. With a scenario file, only --seed,
+    --json, --csv, --plots and --progress may be given as well.
     """
     if scenario is not None:
         given = {
@@ -72,7 +91,12 @@ def run(
         }
         if extra := sorted(given - _SCENARIO_COMPATIBLE):
             raise click.UsageError(f"options {extra} cannot be combined with a scenario file")
-        _run_scenario(scenario, seed=seed if "seed" in given else None, json_path=json_path)
+        _run_scenario(
+            scenario,
+            seed=seed if "seed" in given else None,
+            outputs=(json_path, csv_dir, plots_dir),
+            progress=progress,
+        )
         return
     params = {
         "random_regular": {"degree": degree},
@@ -90,29 +114,58 @@ def run(
             local_steps=local_steps,
             seed=seed,
         )
-        result = run_emulation(config)
+        result = _emulate(config, ProgressBar(enabled=progress))
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from exc
     click.echo(format_table(result))
+    _write_outputs(result, json_path, csv_dir, plots_dir)
+
+
+def _emulate(config: EmulationConfig, bar: ProgressBar) -> EmulationResult:
+    with bar:
+        return run_emulation(config, progress=bar)
+
+
+def _write_outputs(
+    result: EmulationResult | ScenarioResult,
+    json_path: Path | None,
+    csv_dir: Path | None,
+    plots_dir: Path | None,
+) -> None:
     if json_path is not None:
         json_path.write_text(json.dumps(result.to_json(), indent=2))
         click.echo(f"summary written to {json_path}")
+    if csv_dir is not None:
+        written = write_csv(result, csv_dir)
+        click.echo(f"tables written: {', '.join(str(p) for p in written)}")
+    if plots_dir is not None:
+        from simulations.plots import write_plots  # matplotlib is imported only when plotting
+
+        written = write_plots(result, plots_dir)
+        click.echo(f"plots written: {', '.join(str(p) for p in written)}")
 
 
-def _run_scenario(path: Path, *, seed: int | None, json_path: Path | None) -> None:
+def _run_scenario(
+    path: Path,
+    *,
+    seed: int | None,
+    outputs: tuple[Path | None, Path | None, Path | None],
+    progress: bool | None,
+) -> None:
     try:
         scenario = load_scenario(path, seed=seed)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from exc
     click.echo(f"scenario {scenario.name}: {len(scenario.variants)} variant(s)")
-    result = run_scenario(scenario)
+    result = ScenarioResult(
+        scenario,
+        {v.name: _emulate(v.config, ProgressBar(v.name, enabled=progress)) for v in scenario.variants},
+    )
     for name, variant_result in result.results.items():
         click.echo(f"\n== {name}")
         click.echo(format_table(variant_result))
     click.echo("\n" + format_comparison(result))
-    if json_path is not None:
-        json_path.write_text(json.dumps(result.to_json(), indent=2))
-        click.echo(f"summary written to {json_path}")
+    _write_outputs(result, *outputs)
 
 
 def format_comparison(result: ScenarioResult) -> str:

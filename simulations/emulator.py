@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import networkx as nx
 import numpy as np
@@ -41,6 +41,9 @@ from simulations.synthetic import synthetic_task
 from simulations.task import Task, digits_task
 from simulations.topology import build_topology, load_topology
 from transport.memory import MemoryNetwork, open_memory_network
+
+if TYPE_CHECKING:
+    from simulations.report import ProgressReporter
 
 # Purposes for derived seeds, so that e.g. changing the data split never changes the topology.
 _TOPOLOGY, _SPLIT, _BATCHES, _PROTOCOL, _INIT, _CHURN, _SCHEDULER, _BYZANTINE, _ATTACK = range(9)
@@ -162,11 +165,16 @@ class EmulationConfig:
 
 
 def run_emulation(
-    config: EmulationConfig | None = None, *, task: Task | None = None, graph: nx.Graph | None = None
+    config: EmulationConfig | None = None,
+    *,
+    task: Task | None = None,
+    graph: nx.Graph | None = None,
+    progress: ProgressReporter | None = None,
 ) -> EmulationResult:
     """Emulate `config.nodes` nodes running `config.protocol`; `task` and `graph` override the defaults.
 
-    A caller's `graph` may have any node labels; they are taken in sorted order.
+    A caller's `graph` may have any node labels; they are taken in sorted order. `progress` is told
+    of every new round as the run reaches it (e.g. a progress bar).
     """
     config = config or EmulationConfig()
     task = task or _make_task(config)
@@ -180,7 +188,7 @@ def run_emulation(
         seed=derive_seed(config.seed, _CHURN),
         protected=frozenset({_FL_SERVER}) if config.protocol == "fl" else frozenset(),
     )
-    emulation = _Emulation(config, task, graph, absent, plan)
+    emulation = _Emulation(config, task, graph, absent, plan, progress)
     started = time.perf_counter()
     with _seeded_scheduler(derive_seed(config.seed, _SCHEDULER)), _torch_settings(config.torch_threads):
         trio.run(emulation.run, clock=trio.testing.MockClock(autojump_threshold=0))
@@ -192,6 +200,7 @@ def run_emulation(
         churn=plan,
         wall_s=wall_s,
         stalled=emulation.stalled,
+        graph=nx.convert_node_labels_to_integers(graph, ordering="sorted"),
     )
 
 
@@ -247,12 +256,14 @@ class _Emulation:
         graph: nx.Graph,
         absent: frozenset[int],
         plan: list[PlannedEvent],
+        reporter: ProgressReporter | None,
     ) -> None:
         self.config = config
         self.task = task
         self.graph = graph
         self.absent = absent
         self.plan = plan
+        self.reporter = reporter
         self.peer_ids = [f"n{i:05d}" for i in range(config.nodes)]
         self.leaving = frozenset(n for e in plan if e.action == "leave" for n in e.nodes)
         self.byzantine = frozenset(
@@ -392,6 +403,8 @@ class _Emulation:
         if record.round <= self.progress:
             return
         self.progress = record.round
+        if self.reporter is not None:
+            self.reporter.update(self.progress, self.config.rounds)
         while self.pending and self.pending[0].round <= self.progress:
             self._apply(self.pending.pop(0))
 

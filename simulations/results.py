@@ -9,9 +9,10 @@ network's (models, views, pings) up to the instant the round was last recorded.
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import networkx as nx
 import numpy as np
 
 from p2pfl.node import Node
@@ -56,6 +57,8 @@ class EmulationResult:
     churn: list[PlannedEvent]
     wall_s: float
     stalled: bool = False  # stopped because no round finished for `config.stall_timeout` virtual seconds
+    # The topology the run started on, labelled by node index (not in the JSON).
+    graph: nx.Graph | None = field(default=None, compare=False, repr=False)
 
     @property
     def final_mean_accuracy(self) -> float | None:
