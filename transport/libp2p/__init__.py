@@ -1,9 +1,11 @@
-"""The libp2p transport of the node daemon: TCP + Noise + Yamux, a model plane, a gossip control plane.
+"""The libp2p transport of the node daemon: TCP + Noise + Yamux, a model plane, a gossip control plane,
+and rendezvous-based peer discovery.
 
 Importing this package imports py-libp2p (heavy, about a second); the emulator never needs to.
 """
 
 from transport.libp2p.control_plane import ControlPlaneConfig
+from transport.libp2p.discovery import DiscoveryConfig
 from transport.libp2p.errors import InsecureKeyFile, KeyFileError, MessageTooLarge, TransferRejected
 from transport.libp2p.identity import load_or_create_key_pair, peer_id_of
 from transport.libp2p.model_plane import ModelPlaneConfig, TransferHeader
@@ -12,6 +14,7 @@ from transport.libp2p.transport import Libp2pTransport, open_libp2p_transport
 
 __all__ = [
     "ControlPlaneConfig",
+    "DiscoveryConfig",
     "InsecureKeyFile",
     "KeyFileError",
     "Libp2pStats",

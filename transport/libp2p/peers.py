@@ -7,6 +7,8 @@ so `PeerConnected` fires on its first and `PeerDisconnected` on its last.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import multiaddr
 import trio
 from libp2p.abc import INetConn, INetStream, INetwork, INotifee
@@ -25,9 +27,17 @@ class ConnectionTracker(INotifee):
         self._inbox = inbox
         self._conns: dict[ID, set[INetConn]] = {}
         self._gone: dict[ID, trio.Event] = {}
+        self._on_connected: list[Callable[[ID], None]] = []
+
+    def add_connected_listener(self, listener: Callable[[ID], None]) -> None:
+        """Call `listener(peer)` (synchronously, so it must not block) whenever a peer connects."""
+        self._on_connected.append(listener)
 
     def peers(self) -> frozenset[PeerId]:
         return frozenset(peer.to_base58() for peer in self._conns)
+
+    def peer_ids(self) -> frozenset[ID]:
+        return frozenset(self._conns)
 
     def is_connected(self, peer: ID) -> bool:
         return peer in self._conns
@@ -40,9 +50,12 @@ class ConnectionTracker(INotifee):
     async def connected(self, network: INetwork, conn: INetConn) -> None:
         peer = conn.muxed_conn.peer_id
         conns = self._conns.setdefault(peer, set())
-        if not conns:
-            self._inbox.push_peer_event(PeerConnected(peer.to_base58()))
+        first = not conns
         conns.add(conn)
+        if first:
+            self._inbox.push_peer_event(PeerConnected(peer.to_base58()))
+            for listener in self._on_connected:
+                listener(peer)
 
     async def disconnected(self, network: INetwork, conn: INetConn) -> None:
         peer = conn.muxed_conn.peer_id

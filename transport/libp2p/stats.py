@@ -14,7 +14,7 @@ __all__ = ["Libp2pStats"]
 
 @dataclass(slots=True)
 class Libp2pStats:
-    """Model-plane transfers and control-plane (gossip) messages, by outcome."""
+    """Model-plane transfers, control-plane (gossip) messages and discovery, by outcome."""
 
     transfers_sent: int = 0
     transfers_failed: int = 0  # outbound: timed out, reset, refused by the peer
@@ -23,6 +23,12 @@ class Libp2pStats:
     gossip_published: int = 0
     gossip_received: int = 0
     gossip_rejected: int = 0  # failed our topic validator (not relayed, not delivered)
+    discovery_rounds: int = 0
+    discovery_dials: int = 0  # dials to peers learned by discovery
+    discovery_dials_failed: int = 0
+    rendezvous_requests_failed: int = 0  # our register/discover requests that failed or were refused
+    rendezvous_served: int = 0  # requests answered by our rendezvous point
+    rendezvous_rejected: int = 0  # requests it refused or streams it cut off, see `rejected_by_reason`
     rejected_by_reason: Counter[str] = field(default_factory=Counter)
 
     def reject_transfer(self, reason: str) -> None:
@@ -32,3 +38,7 @@ class Libp2pStats:
     def reject_gossip(self, reason: str) -> None:
         self.gossip_rejected += 1
         self.rejected_by_reason[f"gossip:{reason}"] += 1
+
+    def reject_rendezvous(self, reason: str) -> None:
+        self.rendezvous_rejected += 1
+        self.rejected_by_reason[f"rendezvous:{reason}"] += 1

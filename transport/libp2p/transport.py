@@ -28,6 +28,7 @@ from transport.base import Event, PeerId, TrafficStats, Transport
 from transport.errors import PeerUnreachable
 from transport.libp2p.bootstrap import keep_connected
 from transport.libp2p.control_plane import DEFAULT_CONTROL_PLANE, ControlPlane, ControlPlaneConfig
+from transport.libp2p.discovery import DEFAULT_DISCOVERY, Discovery, DiscoveryConfig
 from transport.libp2p.host import DEFAULT_LISTEN, build_host, parse_multiaddrs
 from transport.libp2p.identity import load_or_create_key_pair
 from transport.libp2p.inbox import Inbox
@@ -53,6 +54,7 @@ class Libp2pTransport(Transport):
         control_plane: ControlPlane,
         traffic: TrafficStats,
         stats: Libp2pStats,
+        discovery: Discovery | None = None,
     ) -> None:
         self.host = host
         self.peer_id: PeerId = host.get_id().to_base58()
@@ -60,6 +62,7 @@ class Libp2pTransport(Transport):
         self.libp2p_stats = stats
         self.model_plane = model_plane
         self.control_plane = control_plane
+        self.discovery = discovery
         self._inbox = inbox
         self._tracker = tracker
 
@@ -96,8 +99,14 @@ class Libp2pTransport(Transport):
         return info.peer_id.to_base58()
 
     async def disconnect(self, peer: PeerId) -> None:
-        """Close every connection to `peer` (a `PeerDisconnected` follows)."""
-        await self.host.disconnect(_peer_id(peer))
+        """Close every connection to `peer` (a `PeerDisconnected` follows).
+
+        Discovery, if on, leaves the peer alone for its max backoff rather than redialing it.
+        """
+        peer_id = _peer_id(peer)
+        if self.discovery is not None:
+            self.discovery.hold_off(peer_id)
+        await self.host.disconnect(peer_id)
 
     async def send(self, peer: PeerId, message: object) -> None:
         """Deliver `message` to `peer` over the model plane, dialing it if its address is known.
@@ -146,6 +155,10 @@ async def open_libp2p_transport(
     max_pending_models: int = 16,
     bootstrap_backoff: tuple[float, float] = (0.5, 30.0),
     rng: random.Random | None = None,
+    discovery: bool = False,
+    discovery_interval: float = 5.0,
+    discovery_target: int = 8,
+    discovery_config: DiscoveryConfig = DEFAULT_DISCOVERY,
 ) -> AsyncIterator[Libp2pTransport]:
     """A running libp2p transport, stopped (hosts, services, connections) when the block exits.
 
@@ -155,6 +168,11 @@ async def open_libp2p_transport(
     `accept_transfer(sender, header)` may refuse a model-plane transfer before its body is read.
     At most `max_pending_models` received models wait unread in `events`; beyond that, senders
     are refused as busy rather than buffered.
+
+    With `discovery`, the node serves as a rendezvous point, registers at its bootstrap and some
+    connected peers every `discovery_interval` seconds, learns who else registered there, and dials
+    learned peers until it holds `discovery_target` connections (0: learn addresses, dial nobody);
+    see `transport.libp2p.discovery`. Off by default, so a transport connects only where told.
     """
     if (key_dir is None) == (key_pair is None):
         raise ValueError("give exactly one of key_dir and key_pair")
@@ -186,6 +204,19 @@ async def open_libp2p_transport(
     )
     model_plane.install()
     control_plane = ControlPlane(host, inbox, traffic=traffic, stats=stats, config=control)
+    finder = None
+    if discovery:
+        finder = Discovery(
+            host,
+            tracker,
+            stats=stats,
+            config=discovery_config,
+            interval=discovery_interval,
+            target=discovery_target,
+            bootstrap=[info.peer_id for info in bootstrap_peers],
+            rng=rng,
+        )
+        finder.install()
     transport = Libp2pTransport(
         host,
         inbox=inbox,
@@ -194,6 +225,7 @@ async def open_libp2p_transport(
         control_plane=control_plane,
         traffic=traffic,
         stats=stats,
+        discovery=finder,
     )
     try:
         async with host.run(listen_addrs), control_plane.running(), trio.open_nursery() as nursery:
@@ -210,11 +242,15 @@ async def open_libp2p_transport(
                         rng=rng,
                     )
                 )
+            if finder is not None:
+                nursery.start_soon(finder.run)
             log.info("libp2p transport %s listening on %s", transport.peer_id, ", ".join(transport.addrs))
             try:
                 yield transport
             finally:
                 nursery.cancel_scope.cancel()
+                if finder is not None:
+                    await finder.unregister_all()
                 model_plane.closing = True
                 await _close_connections(host)
     finally:
