@@ -5,13 +5,24 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from p2pfl.aggregation.base import Aggregator
+from p2pfl.aggregation.clipping import CenteredClipping, ClippedGossip
 from p2pfl.aggregation.fedavg import FedAvg
+from p2pfl.aggregation.geometric_median import GeometricMedian
+from p2pfl.aggregation.krum import Krum, MultiKrum
+from p2pfl.aggregation.median import CoordinateMedian, TrimmedMean
 from p2pfl.aggregation.vca import VCA
 from p2pfl.errors import ConfigError
 
 AGGREGATORS: dict[str, Callable[..., Aggregator]] = {
     "fedavg": FedAvg,
     "vca": VCA,
+    "median": CoordinateMedian,
+    "trimmed_mean": TrimmedMean,
+    "krum": Krum,
+    "multi_krum": MultiKrum,
+    "geometric_median": GeometricMedian,
+    "centered_clipping": CenteredClipping,
+    "clipped_gossip": ClippedGossip,
 }
 
 
