@@ -46,6 +46,7 @@ class TrafficStats:
     messages_sent: int = 0
     messages_received: int = 0
     messages_rejected: int = 0
+    messages_lost: int = 0  # sent, then dropped at random on the way (the in-memory network's loss)
 
 
 class Transport(ABC):

@@ -3,14 +3,22 @@
 Messages are really encoded and decoded, so byte counts are the wire's and a codec bug shows up
 here as it would on a real network. Delivery happens in trio time: with trio's `MockClock` a link
 latency costs no wall time, which is what lets the emulator run many nodes in virtual time.
+
+Links follow the model of `transport.links`: latency, bandwidth with a FIFO queue per direction,
+and random loss drawn from the network's seeded RNG. The network can also be partitioned. One
+task per network delivers every message, from a heap ordered by arrival instant and send order,
+so a run's deliveries depend only on what was sent when (and on the seed).
 """
 
 from __future__ import annotations
 
 import bisect
+import heapq
+import itertools
 import logging
 import math
-from collections.abc import AsyncIterator
+import random
+from collections.abc import AsyncIterator, Collection, Sequence
 from contextlib import asynccontextmanager
 
 import trio
@@ -18,47 +26,81 @@ import trio
 from transport import codec
 from transport.base import Event, PeerConnected, PeerDisconnected, PeerId, Received, TrafficStats, Transport
 from transport.errors import DecodeError, PeerUnreachable
+from transport.links import Link, LinkParams, group_index
 
 log = logging.getLogger(__name__)
+
+_OUTSIDE = -1  # the group of peers a partition does not name
 
 
 @asynccontextmanager
 async def open_memory_network(
-    *, latency: float = 0.0, limits: codec.Limits = codec.DEFAULT_LIMITS, dial_any: bool = False
+    *,
+    latency: float = 0.0,
+    bandwidth: float | None = None,
+    loss: float = 0.0,
+    seed: int = 0,
+    limits: codec.Limits = codec.DEFAULT_LIMITS,
+    dial_any: bool = False,
 ) -> AsyncIterator[MemoryNetwork]:
     """Open a network whose in-flight messages live in a nursery that closes with the block.
 
+    `latency` (s), `bandwidth` (bytes/s, None: unlimited) and `loss` (probability that a message
+    silently vanishes) are the defaults of every link; `connect` may override them per link.
+    `seed` seeds the RNG that decides losses.
+
     With `dial_any`, a peer may send to any peer of the network, linked or not, as a libp2p node
     dials any peer whose address it knows; protocols that pick partners from a membership view
-    (MoDeST) need this. Without it, only linked peers (the topology's edges) can talk.
+    (MoDeST) need this. Without it, only linked peers (the topology's edges) can talk. Messages
+    between peers with no link travel with the default parameters.
     """
-    if latency < 0:
-        raise ValueError(f"latency must be >= 0, got {latency}")
+    defaults = LinkParams(latency=latency, bandwidth=bandwidth, loss=loss)
     async with trio.open_nursery() as nursery:
-        yield MemoryNetwork(nursery, latency=latency, limits=limits, dial_any=dial_any)
+        yield MemoryNetwork(nursery, defaults=defaults, seed=seed, limits=limits, dial_any=dial_any)
         nursery.cancel_scope.cancel()
 
 
 class MemoryNetwork:
-    """Peers, the links between them, and the nursery in which messages travel.
+    """Peers, the links between them, and the task that delivers messages in flight.
 
-    `latency` (seconds) is charged on every delivery. Create it with `open_memory_network`.
+    Create it with `open_memory_network`.
     """
 
     def __init__(
-        self, nursery: trio.Nursery, *, latency: float, limits: codec.Limits, dial_any: bool
+        self,
+        nursery: trio.Nursery,
+        *,
+        defaults: LinkParams | None = None,
+        seed: int = 0,
+        limits: codec.Limits = codec.DEFAULT_LIMITS,
+        dial_any: bool = False,
     ) -> None:
-        self.latency = latency
+        self.defaults = defaults = defaults or LinkParams()
         self.limits = limits
         self.dial_any = dial_any
-        self._nursery = nursery
+        self._rng = random.Random(seed)
         self._transports: dict[PeerId, MemoryTransport] = {}
+        self._subscribers: dict[str, dict[PeerId, MemoryTransport]] = {}
         self._crashed: set[PeerId] = set()
+        self._groups: dict[PeerId, int] | None = None  # while partitioned: peer -> group
+        # With unlimited default bandwidth a link without an edge keeps no queue, so all such
+        # messages share one stateless link (its latency is fixed, so arrivals stay in order).
+        self._default_link = Link(defaults) if defaults.bandwidth is None else None
+        # Messages in flight: (arrival instant, send order, recipient, sender, frame, topic, link).
+        self._in_flight: list[tuple[float, int, MemoryTransport, PeerId, bytes, str | None, Link]] = []
+        self._order = itertools.count()
+        self._wake: trio.CancelScope | None = None  # the delivery task's sleep, until the next arrival
         # Network-wide traffic as steps: at virtual instant times[i], bytes[i] bytes and
         # messages[i] messages had been sent in all (cumulative).
         self._traffic_times: list[float] = []
         self._traffic_bytes: list[int] = []
         self._traffic_messages: list[int] = []
+        nursery.start_soon(self._deliver_forever)
+
+    @property
+    def latency(self) -> float:
+        """The default link latency."""
+        return self.defaults.latency
 
     def crash(self, peer_id: PeerId) -> None:
         """Make `peer_id` unresponsive: what it is sent vanishes and nobody is told.
@@ -69,6 +111,24 @@ class MemoryNetwork:
         if peer_id not in self._transports:
             raise KeyError(f"unknown peer {peer_id!r}")
         self._crashed.add(peer_id)
+
+    def partition(self, groups: Sequence[Collection[PeerId]]) -> None:
+        """Split the network: from now on, messages between peers of different groups vanish.
+
+        Peers named in no group (including peers added later) form one more group together.
+        Links stay up and nobody is told, as with `crash`; messages already in flight are dropped
+        if the partition still holds when they arrive. A new partition replaces the current one.
+        """
+        self._groups = group_index(groups, self._transports)
+
+    def heal(self) -> None:
+        """End the partition: messages sent from now on (or arriving from now on) get through."""
+        self._groups = None
+
+    def separated(self, a: PeerId, b: PeerId) -> bool:
+        """Whether the current partition puts `a` and `b` in different groups."""
+        groups = self._groups
+        return groups is not None and groups.get(a, _OUTSIDE) != groups.get(b, _OUTSIDE)
 
     def bytes_sent(self, *, until: float | None = None) -> int:
         """Bytes sent by all peers together, up to and including virtual instant `until` (default: now)."""
@@ -89,49 +149,102 @@ class MemoryNetwork:
         self._transports[peer_id] = transport
         return transport
 
-    def connect(self, a: PeerId, b: PeerId) -> None:
-        """Open a link between `a` and `b`; both get a `PeerConnected` event."""
+    def connect(
+        self,
+        a: PeerId,
+        b: PeerId,
+        *,
+        latency: float | None = None,
+        bandwidth: float | None = None,
+        loss: float | None = None,
+    ) -> None:
+        """Open a link between `a` and `b`; both get a `PeerConnected` event.
+
+        The link has the given latency (s), bandwidth (bytes/s; `math.inf`: unlimited) and loss
+        probability, in both directions; None takes the network's default. Connecting peers that
+        are already linked changes nothing, not even the parameters.
+        """
         ta, tb = self._transports[a], self._transports[b]
+        params = self.defaults.override(latency=latency, bandwidth=bandwidth, loss=loss)
         if a == b or b in ta._links:
             return
-        ta._links.add(b)
-        tb._links.add(a)
+        ta._links[b] = Link(params)
+        tb._links[a] = Link(params)
         ta._push(PeerConnected(b))
         tb._push(PeerConnected(a))
 
     def disconnect(self, a: PeerId, b: PeerId) -> None:
-        """Close the link between `a` and `b`; both get a `PeerDisconnected` event."""
+        """Close the link between `a` and `b`; both get a `PeerDisconnected` event.
+
+        Messages in flight on the link are lost.
+        """
         ta, tb = self._transports[a], self._transports[b]
         if b not in ta._links:
             return
-        ta._links.discard(b)
-        tb._links.discard(a)
+        ta._links.pop(b).up = False
+        tb._links.pop(a).up = False
         ta._push(PeerDisconnected(b))
         tb._push(PeerDisconnected(a))
+
+    def link(self, a: PeerId, b: PeerId) -> LinkParams | None:
+        """The parameters of the link from `a` to `b`, or None when they are not linked."""
+        link = self._transports[a]._links.get(b)
+        return None if link is None else link.params
 
     def _can_send(self, sender: PeerId, recipient: PeerId) -> bool:
         if recipient in self._transports[sender]._links:
             return True
         return self.dial_any and recipient in self._transports and recipient != sender
 
-    def _deliver(self, sender: PeerId, recipient: PeerId, frame: bytes, topic: str | None) -> None:
+    def _transmit(self, sender: MemoryTransport, recipient: MemoryTransport, frame: bytes, topic: str | None):
+        """Put `frame` on the wire from `sender` to `recipient` and schedule its arrival."""
+        size = len(frame)
+        stats = sender.stats
+        stats.bytes_sent += size
+        stats.messages_sent += 1
         now = trio.current_time()
-        if not self._traffic_times or self._traffic_times[-1] != now:
-            self._traffic_times.append(now)
-            self._traffic_bytes.append(self.bytes_sent())
-            self._traffic_messages.append(self.messages_sent())
-        self._traffic_bytes[-1] += len(frame)
-        self._traffic_messages[-1] += 1
-        if recipient in self._crashed or sender in self._crashed:
+        times, total_bytes, total_messages = self._traffic_times, self._traffic_bytes, self._traffic_messages
+        if not times or times[-1] != now:
+            times.append(now)
+            total_bytes.append(total_bytes[-1] if total_bytes else 0)
+            total_messages.append(total_messages[-1] if total_messages else 0)
+        total_bytes[-1] += size
+        total_messages[-1] += 1
+        if sender.peer_id in self._crashed:
             return
-        self._nursery.start_soon(self._deliver_after_latency, sender, recipient, frame, topic)
+        link = (
+            sender._links.get(recipient.peer_id)
+            or self._default_link
+            or sender._dialed_link(recipient.peer_id)
+        )
+        arrival = link.arrival(now, size)  # a message that will vanish still occupies the link
+        if link.loss and self._rng.random() < link.loss:
+            stats.messages_lost += 1
+            return
+        if recipient.peer_id in self._crashed or self.separated(sender.peer_id, recipient.peer_id):
+            return
+        heapq.heappush(
+            self._in_flight, (arrival, next(self._order), recipient, sender.peer_id, frame, topic, link)
+        )
+        wake = self._wake
+        if wake is not None and arrival < wake.deadline:
+            wake.deadline = arrival
 
-    async def _deliver_after_latency(
-        self, sender: PeerId, recipient: PeerId, frame: bytes, topic: str | None
-    ):
-        if self.latency:
-            await trio.sleep(self.latency)
-        self._transports[recipient]._accept(sender, frame, topic)
+    async def _deliver_forever(self) -> None:
+        """Sleep until the next arrival, deliver everything due, repeat."""
+        in_flight = self._in_flight
+        while True:
+            with trio.CancelScope(deadline=in_flight[0][0] if in_flight else math.inf) as self._wake:
+                await trio.sleep_forever()
+            self._wake = None
+            now = trio.current_time()
+            while in_flight and in_flight[0][0] <= now:
+                _, _, recipient, sender, frame, topic, link = heapq.heappop(in_flight)
+                if topic is None and not link.up:
+                    continue  # the link went down while the message was in flight
+                if recipient.peer_id in self._crashed or self.separated(sender, recipient.peer_id):
+                    continue
+                recipient._accept(sender, frame, topic)
 
 
 class MemoryTransport(Transport):
@@ -141,8 +254,8 @@ class MemoryTransport(Transport):
         self.peer_id = peer_id
         self.stats = TrafficStats()
         self._network = network
-        self._links: set[PeerId] = set()
-        self._topics: set[str] = set()
+        self._links: dict[PeerId, Link] = {}  # outgoing direction of each link, by peer
+        self._dialed: dict[PeerId, Link] = {}  # queues towards unlinked peers, when bandwidth is limited
         self._send_events, self._events = trio.open_memory_channel[Event](math.inf)
 
     def peers(self) -> frozenset[PeerId]:
@@ -153,32 +266,33 @@ class MemoryTransport(Transport):
         return self._events
 
     async def send(self, peer: PeerId, message: object) -> None:
-        if not self._network._can_send(self.peer_id, peer):
+        network = self._network
+        if not network._can_send(self.peer_id, peer):
             raise PeerUnreachable(f"{self.peer_id} is not connected to {peer}")
-        self._transmit(peer, codec.encode(message), topic=None)
+        network._transmit(self, network._transports[peer], codec.encode(message), None)
         await trio.lowlevel.checkpoint()
 
     async def publish(self, topic: str, message: object) -> None:
+        # One copy per subscriber, over the link to it if any (else with the defaults). Unlike a
+        # direct message, it survives that link closing on the way: pubsub routes around.
+        network = self._network
         frame = codec.encode(message)
-        for peer_id, transport in self._network._transports.items():
-            if peer_id != self.peer_id and topic in transport._topics:
-                self._transmit(peer_id, frame, topic=topic)
+        for peer_id, transport in network._subscribers.get(topic, {}).items():
+            if peer_id != self.peer_id:
+                network._transmit(self, transport, frame, topic)
         await trio.lowlevel.checkpoint()
 
     async def subscribe(self, topic: str) -> None:
-        self._topics.add(topic)
+        self._network._subscribers.setdefault(topic, {})[self.peer_id] = self
         await trio.lowlevel.checkpoint()
 
-    def _transmit(self, peer: PeerId, frame: bytes, *, topic: str | None) -> None:
-        self.stats.bytes_sent += len(frame)
-        self.stats.messages_sent += 1
-        self._network._deliver(self.peer_id, peer, frame, topic)
+    def _dialed_link(self, peer: PeerId) -> Link:
+        link = self._dialed.get(peer)
+        if link is None:
+            link = self._dialed[peer] = Link(self._network.defaults)
+        return link
 
     def _accept(self, sender: PeerId, frame: bytes, topic: str | None) -> None:
-        if topic is None and not self._network._can_send(sender, self.peer_id):
-            return  # the link went down while the message was in flight
-        if self.peer_id in self._network._crashed:
-            return
         self.stats.bytes_received += len(frame)
         try:
             message = codec.decode(frame, limits=self._network.limits)
