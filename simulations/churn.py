@@ -7,7 +7,9 @@ run is deterministic and the JSON summary can say exactly who did what.
 
 - crash: the host goes silent (messages to and from it vanish, nobody is told);
 - leave: the node stops gracefully (a protocol that can, such as MoDeST, tells peers it leaves);
-- join: the node is absent at the start and starts at the event's round.
+- join: the node is absent at the start and starts at the event's round;
+- partition: the network splits in two, the event's nodes on one side and everyone else on the
+  other (messages across vanish); heal: it joins again.
 """
 
 from __future__ import annotations
@@ -20,14 +22,16 @@ import numpy as np
 
 from p2pfl.errors import ConfigError
 
-Action = Literal["crash", "leave", "join"]
+Action = Literal["crash", "leave", "join", "partition", "heal"]
+_ACTIONS = ("crash", "leave", "join", "partition", "heal")
 
 
 @dataclass(frozen=True)
 class ChurnEvent:
     """`fraction` of the nodes (rounded down), plus the explicit `nodes` (indices), do `action` at `round`.
 
-    For crash and leave the fraction is of the nodes running at that point; for join, of all nodes.
+    For crash, leave and partition the fraction is of the nodes running at that point; for join, of
+    all nodes; heal takes no nodes.
     """
 
     round: int
@@ -36,8 +40,10 @@ class ChurnEvent:
     nodes: tuple[int, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
-        if self.action not in ("crash", "leave", "join"):
-            raise ConfigError(f"churn.action must be crash, leave or join, got {self.action!r}")
+        if self.action not in _ACTIONS:
+            raise ConfigError(f"churn.action must be one of {', '.join(_ACTIONS)}, got {self.action!r}")
+        if self.action == "heal" and (self.fraction or self.nodes):
+            raise ConfigError("churn: heal takes no fraction or nodes")
         if self.round < (1 if self.action == "join" else 0):
             raise ConfigError(f"churn.round must be >= {1 if self.action == 'join' else 0}, got {self.round}")
         if not 0.0 <= self.fraction <= 1.0:
@@ -80,6 +86,12 @@ def plan_churn(
     for index, event in enumerate(ordered):
         if event.action == "join":
             running.update(picks[index])
+        elif event.action == "heal":
+            picks[index] = ()
+        elif event.action == "partition":
+            pool = sorted(running - set(event.nodes))
+            count = math.floor(event.fraction * len(running))
+            picks[index] = tuple(sorted(_choose(rng, pool, min(count, len(pool))) + list(event.nodes)))
         else:
             if gone := sorted(set(event.nodes) - running):
                 raise ConfigError(f"churn at round {event.round}: nodes {gone} are not running then")

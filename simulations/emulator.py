@@ -35,18 +35,21 @@ from p2pfl.errors import ConfigError
 from p2pfl.learner import Learner
 from p2pfl.node import Node, RoundRecord
 from simulations.churn import ChurnEvent, PlannedEvent, plan_churn
-from simulations.results import EmulationResult, summarise_nodes, summarise_rounds
+from simulations.results import ConsensusTracker, EmulationResult, summarise_nodes, summarise_rounds
 from simulations.seeds import derive_seed
 from simulations.synthetic import synthetic_task
 from simulations.task import Task, digits_task
 from simulations.topology import build_topology, load_topology
+from transport.links import LinkParams
 from transport.memory import MemoryNetwork, open_memory_network
 
 if TYPE_CHECKING:
     from simulations.report import ProgressReporter
 
 # Purposes for derived seeds, so that e.g. changing the data split never changes the topology.
-_TOPOLOGY, _SPLIT, _BATCHES, _PROTOCOL, _INIT, _CHURN, _SCHEDULER, _BYZANTINE, _ATTACK = range(9)
+(_TOPOLOGY, _SPLIT, _BATCHES, _PROTOCOL, _INIT, _CHURN, _SCHEDULER, _BYZANTINE, _ATTACK, _NETWORK, _SPEED) = (
+    range(11)
+)
 
 PROTOCOLS = ("gossip", "dpsgd", "modest", "fl")
 # Protocols driven by events rather than a clock: their run ends when the last round is recorded.
@@ -100,7 +103,16 @@ class EmulationConfig:
     lr: float = 0.2
     fanout: int = 1
     period: float = 1.0
-    latency: float = 0.01
+    latency: float = 0.01  # seconds per message, every link (a graph's edge attribute overrides)
+    bandwidth: float | None = None  # bytes/s per link direction, None: unlimited (edge attribute too)
+    loss: float = 0.0  # probability a message vanishes (edge attribute too)
+    # Per-node compute speed: a node's training takes seconds_per_step / speed per step. Speeds are
+    # log-normal with this sigma (0: all 1.0), or a graph's "speed" node attribute.
+    speed_sigma: float = 0.0
+    # Also measure, on evaluated rounds, the consensus distance: mean squared L2 distance of the
+    # honest models that recorded the round to their average (costs a model copy per node).
+    consensus: bool = False
+    record_nodes: bool = False  # put every node's per-round accuracy in its summary
     seconds_per_step: float = 0.001
     seed: int = 0
 
@@ -126,6 +138,13 @@ class EmulationConfig:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
         if self.latency < 0 or self.seconds_per_step < 0:
             raise ConfigError("latency and seconds_per_step must be >= 0")
+        if self.bandwidth is not None and not self.bandwidth > 0:
+            raise ConfigError(f"bandwidth must be > 0 bytes/s or None, got {self.bandwidth}")
+        if not 0.0 <= self.loss < 1.0:
+            raise ConfigError(f"loss must be in [0, 1), got {self.loss}")
+        if self.speed_sigma < 0:
+            raise ConfigError(f"speed_sigma must be >= 0, got {self.speed_sigma}")
+
         if self.task not in ("digits", "synthetic"):
             raise ConfigError(f"task must be 'digits' or 'synthetic', got {self.task!r}")
         if self.task == "digits" and self.task_params:
@@ -195,8 +214,8 @@ def run_emulation(
     wall_s = time.perf_counter() - started
     return EmulationResult(
         config=config,
-        rounds=summarise_rounds(emulation.honest_nodes, emulation.network),
-        nodes=summarise_nodes(emulation.nodes, byzantine=emulation.byzantine),
+        rounds=summarise_rounds(emulation.honest_nodes, emulation.network, emulation.consensus),
+        nodes=summarise_nodes(emulation.nodes, byzantine=emulation.byzantine, traces=config.record_nodes),
         churn=plan,
         wall_s=wall_s,
         stalled=emulation.stalled,
@@ -265,6 +284,9 @@ class _Emulation:
         self.plan = plan
         self.reporter = reporter
         self.peer_ids = [f"n{i:05d}" for i in range(config.nodes)]
+        labels = sorted(graph.nodes)
+        self.speeds = _speeds(config, [graph.nodes[label] for label in labels])
+        self.links = _links(graph, dict(zip(labels, self.peer_ids, strict=True)))
         self.leaving = frozenset(n for e in plan if e.action == "leave" for n in e.nodes)
         self.byzantine = frozenset(
             choose_byzantine(
@@ -277,6 +299,7 @@ class _Emulation:
         self._shards: list[np.ndarray] | None = None
         self.scopes: list[trio.CancelScope] = []
         self.pending = list(plan)
+        self.consensus = ConsensusTracker()
         self.progress = 0  # newest round any node has recorded
         self.running = 0
         self.stalled = False
@@ -284,7 +307,11 @@ class _Emulation:
     async def run(self) -> None:
         config = self.config
         async with open_memory_network(
-            latency=config.latency, dial_any=config.protocol in _EVENT_DRIVEN
+            latency=config.latency,
+            bandwidth=config.bandwidth,
+            loss=config.loss,
+            seed=derive_seed(config.seed, _NETWORK),
+            dial_any=config.protocol in _EVENT_DRIVEN,
         ) as network:
             self.network = network
             self._build(network)
@@ -301,9 +328,8 @@ class _Emulation:
     def _build(self, network: MemoryNetwork) -> None:
         config, task = self.config, self.task
         transports = [network.add_peer(peer_id) for peer_id in self.peer_ids]
-        peer_of = dict(zip(sorted(self.graph.nodes), self.peer_ids, strict=True))
-        for u, v in self.graph.edges:
-            network.connect(peer_of[u], peer_of[v])
+        for a, b, params in self.links:
+            network.connect(a, b, **params)
         for i, transport in enumerate(transports):
             init_seed = derive_seed(config.seed, _INIT, i if config.init == "independent" else 0)
             attack = _build_attack(config) if i in self.byzantine else None
@@ -326,7 +352,7 @@ class _Emulation:
                     aggregator=build_aggregator(config.aggregation, **config.aggregation_params),
                     local_steps=config.local_steps,
                     evaluate_every=config.evaluate_every,
-                    compute=VirtualCompute(config.seconds_per_step),
+                    compute=VirtualCompute(config.seconds_per_step / self.speeds[i]),
                     observer=self,
                     attack=attack,
                     attack_seed=derive_seed(config.seed, _ATTACK, i),
@@ -400,6 +426,8 @@ class _Emulation:
 
     def round_finished(self, node: Node, record: RoundRecord) -> None:
         """Node observer: track progress and apply churn the moment its round is reached."""
+        if self.config.consensus and record.accuracy is not None and node.attack is None:
+            self.consensus.add(record.round, node.learner.state().flat)
         if record.round <= self.progress:
             return
         self.progress = record.round
@@ -425,6 +453,12 @@ class _Emulation:
         self.stalled = self.progress < config.rounds
 
     def _apply(self, event: PlannedEvent) -> None:
+        if event.action == "partition":
+            self.network.partition([[self.peer_ids[i] for i in event.nodes]])
+            return
+        if event.action == "heal":
+            self.network.heal()
+            return
         for index in event.nodes:
             peer = self.peer_ids[index]
             if event.action == "join":
@@ -436,6 +470,32 @@ class _Emulation:
                 for neighbour in sorted(self.nodes[index].transport.peers()):
                     self.network.disconnect(peer, neighbour)
             self.scopes[index].cancel()
+
+
+def _speeds(config: EmulationConfig, attributes: list[dict[str, Any]]) -> list[float]:
+    """Each node's compute speed: its graph attribute "speed", else a seeded log-normal draw."""
+    rng = np.random.default_rng(derive_seed(config.seed, _SPEED))
+    drawn = rng.lognormal(0.0, config.speed_sigma, size=len(attributes)) if config.speed_sigma else None
+    speeds = []
+    for i, attrs in enumerate(attributes):
+        speed = float(attrs.get("speed", drawn[i] if drawn is not None else 1.0))
+        if not speed > 0:
+            raise ConfigError(f"node {i}: speed must be > 0, got {speed}")
+        speeds.append(speed)
+    return speeds
+
+
+def _links(graph: nx.Graph, peer_of: dict[Any, str]) -> list[tuple[str, str, dict[str, float]]]:
+    """Each edge as (peer, peer, link parameters from its attributes), checked before the run."""
+    links = []
+    for u, v, attributes in graph.edges(data=True):
+        params = {k: float(attributes[k]) for k in ("latency", "bandwidth", "loss") if k in attributes}
+        try:
+            LinkParams(**{"latency": 0.0, **params})
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"topology edge ({u}, {v}): {exc}") from exc
+        links.append((peer_of[u], peer_of[v], params))
+    return links
 
 
 def _make_task(config: EmulationConfig) -> Task:

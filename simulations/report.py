@@ -36,11 +36,13 @@ STATES = ("honest", "byzantine", "joined", "crashed", "left", "absent")
 
 ROUND_COLUMNS = ("variant", *(f.name for f in fields(RoundSummary)))
 _NODE_FIRST = ("peer", "byzantine", "state")
+_NODE_LISTS = ("accuracy_trace",)  # per-round lists go to node_rounds.csv, one row per entry
 NODE_COLUMNS = (
     "variant",
     *_NODE_FIRST,
-    *(f.name for f in fields(NodeSummary) if f.name not in _NODE_FIRST),
+    *(f.name for f in fields(NodeSummary) if f.name not in _NODE_FIRST + _NODE_LISTS),
 )
+NODE_ROUND_COLUMNS = ("variant", "peer", "round", "accuracy")
 
 
 def variants_of(result: EmulationResult | ScenarioResult) -> dict[str, EmulationResult]:
@@ -50,10 +52,11 @@ def variants_of(result: EmulationResult | ScenarioResult) -> dict[str, Emulation
     return dict(result.results)
 
 
-def write_csv(result: EmulationResult | ScenarioResult, directory: str | Path) -> tuple[Path, Path]:
+def write_csv(result: EmulationResult | ScenarioResult, directory: str | Path) -> list[Path]:
     """Write rounds.csv and nodes.csv into `directory` (created if needed); return their paths.
 
-    Empty cells stand for None (a node that never evaluated has no final accuracy).
+    Runs with per-node traces (`EmulationConfig.record_nodes`) also get node_rounds.csv. Empty
+    cells stand for None (a node that never evaluated has no final accuracy).
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -71,8 +74,18 @@ def write_csv(result: EmulationResult | ScenarioResult, directory: str | Path) -
         for name, run in variants.items():
             states = node_states(run)
             for index, summary in enumerate(run.nodes):
-                writer.writerow({"variant": name, **asdict(summary), "state": states[index]})
-    return rounds_path, nodes_path
+                row = {k: v for k, v in asdict(summary).items() if k not in _NODE_LISTS}
+                writer.writerow({"variant": name, **row, "state": states[index]})
+    paths = [rounds_path, nodes_path]
+    traces = [(name, n) for name, run in variants.items() for n in run.nodes if n.accuracy_trace]
+    if traces:
+        paths.append(directory / "node_rounds.csv")
+        with paths[-1].open("w", newline="") as stream:
+            writer = csv.writer(stream)
+            writer.writerow(NODE_ROUND_COLUMNS)
+            for name, node in traces:
+                writer.writerows((name, node.peer, r, accuracy) for r, accuracy in node.accuracy_trace)
+    return paths
 
 
 def node_states(result: EmulationResult) -> dict[int, str]:

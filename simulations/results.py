@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import networkx as nx
 import numpy as np
+import torch
 
 from p2pfl.node import Node
 from simulations.churn import PlannedEvent
@@ -33,6 +34,7 @@ class RoundSummary:
     bytes_sent: int  # cumulative, whole network
     messages_sent: int  # cumulative, whole network
     virtual_time: float
+    consensus_distance: float | None = None  # see EmulationConfig.consensus
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,9 @@ class NodeSummary:
     messages_rejected: int
     models_rejected: int
     byzantine: bool
+    messages_lost: int = 0
+    # (round, accuracy) for every evaluated round, when EmulationConfig.record_nodes is set
+    accuracy_trace: list[tuple[int, float]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -92,7 +97,32 @@ class EmulationResult:
         }
 
 
-def summarise_rounds(nodes: list[Node], network: MemoryNetwork) -> list[RoundSummary]:
+class ConsensusTracker:
+    """Mean squared distance of models to their average, accumulated one model at a time.
+
+    mean_i |x_i - mean|^2 = mean_i |x_i|^2 - |mean|^2, so nodes can contribute as they record a
+    round, without the emulator knowing which node is the last one.
+    """
+
+    def __init__(self) -> None:
+        self._sums: dict[int, tuple[torch.Tensor, float, int]] = {}
+
+    def add(self, round: int, flat: torch.Tensor) -> None:
+        flat = flat.detach().to("cpu", torch.float64)
+        total, squares, count = self._sums.get(round, (torch.zeros_like(flat), 0.0, 0))
+        self._sums[round] = (total + flat, squares + float(flat @ flat), count + 1)
+
+    def distance(self, round: int) -> float | None:
+        if round not in self._sums:
+            return None
+        total, squares, count = self._sums[round]
+        mean = total / count
+        return max(0.0, squares / count - float(mean @ mean))
+
+
+def summarise_rounds(
+    nodes: list[Node], network: MemoryNetwork, consensus: ConsensusTracker | None = None
+) -> list[RoundSummary]:
     by_round: dict[int, list[tuple[float, float]]] = defaultdict(list)
     for node in nodes:
         for record in node.history:
@@ -112,12 +142,15 @@ def summarise_rounds(nodes: list[Node], network: MemoryNetwork) -> list[RoundSum
                 bytes_sent=network.bytes_sent(until=until),
                 messages_sent=network.messages_sent(until=until),
                 virtual_time=until,
+                consensus_distance=consensus.distance(round_) if consensus is not None else None,
             )
         )
     return summaries
 
 
-def summarise_nodes(nodes: list[Node], *, byzantine: frozenset[int]) -> list[NodeSummary]:
+def summarise_nodes(
+    nodes: list[Node], *, byzantine: frozenset[int], traces: bool = False
+) -> list[NodeSummary]:
     summaries = []
     for index, node in enumerate(nodes):
         stats = node.transport.stats
@@ -134,6 +167,10 @@ def summarise_nodes(nodes: list[Node], *, byzantine: frozenset[int]) -> list[Nod
                 messages_rejected=stats.messages_rejected,
                 models_rejected=node.models_rejected,
                 byzantine=index in byzantine,
+                messages_lost=stats.messages_lost,
+                accuracy_trace=[(r.round, r.accuracy) for r in node.history if r.accuracy is not None]
+                if traces
+                else [],
             )
         )
     return summaries
