@@ -248,7 +248,9 @@ class _ModestNode:
             return
         sample = await self._sample(round + 1, self.settings.s)
         outgoing = ModestModel(round, True, merged, self.view.entries())
-        for peer in sample:
+        # Self last: adopting the final round's aggregate ends this node's run, which must not cut
+        # off the copies still to be sent to the rest of the sample.
+        for peer in sorted(sample, key=lambda peer: peer == self.own):
             await self._send(peer, outgoing)
 
     # --- sampling and sending -----------------------------------------------------------------------

@@ -287,6 +287,7 @@ class _Emulation:
         labels = sorted(graph.nodes)
         self.speeds = _speeds(config, [graph.nodes[label] for label in labels])
         self.links = _links(graph, dict(zip(labels, self.peer_ids, strict=True)))
+        self.founders = tuple(p for i, p in enumerate(self.peer_ids) if i not in absent)
         self.leaving = frozenset(n for e in plan if e.action == "leave" for n in e.nodes)
         self.byzantine = frozenset(
             choose_byzantine(
@@ -387,7 +388,7 @@ class _Emulation:
     def _protocol(self, index: int) -> RoundProtocol:
         config = self.config
         params = _protocol_params(config)
-        founders = tuple(p for i, p in enumerate(self.peer_ids) if i not in self.absent)
+        founders = self.founders
         if config.protocol == "modest":
             join_fanout = params.pop("join_fanout", 3)
             return Modest(

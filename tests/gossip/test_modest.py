@@ -194,3 +194,40 @@ def test_a_round_timeout_recovers_from_the_only_aggregator_crashing(round_timeou
     else:
         assert finishers(learnings, 8)
         assert victim not in finishers(learnings, 3)
+
+
+@pytest.mark.parametrize("rounds", range(1, 9))
+def test_every_node_of_the_last_sample_gets_the_final_aggregate(rounds):
+    """The aggregator adopting the final aggregate ends its run: it must have sent the rest first.
+
+    Sends here take time before the message is on its way, as on a real network (a libp2p send
+    returns once the peer has the model), so cancelling a sender loses what it had not sent.
+    """
+
+    class SlowSends:
+        def __init__(self, inner):
+            self.inner = inner
+            self.peer_id, self.stats, self.events = inner.peer_id, inner.stats, inner.events
+
+        def peers(self):
+            return self.inner.peers()
+
+        async def send(self, peer, message):
+            await trio.sleep(0.05)
+            await self.inner.send(peer, message)
+
+    async def main():
+        peers = [f"p{i:02d}" for i in range(8)]
+        learnings = {p: ScalarLearning(0.0, peer_id=p, step=1.0) for p in peers}
+        protocol = Modest(rounds=rounds, participants=tuple(peers), settings=ModestSettings(s=3, a=1))
+        async with open_memory_network(latency=0.01, dial_any=True) as net:
+            transports = {p: SlowSends(net.add_peer(p)) for p in peers}
+            async with trio.open_nursery() as nursery:
+                for p in peers:
+                    nursery.start_soon(protocol.run, transports[p], learnings[p])
+                await trio.sleep(50)
+                nursery.cancel_scope.cancel()
+        return learnings
+
+    learnings = trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert len(finishers(learnings, rounds)) == 3
