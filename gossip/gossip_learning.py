@@ -28,14 +28,16 @@ log = logging.getLogger(__name__)
 class GossipLearning(RoundProtocol):
     """Push gossip of models.
 
-    `rounds`: how many rounds to run; `period`: seconds per round; `fanout`: neighbours each model
-    is pushed to per round; `seed`: the choice of neighbours.
+    `rounds`: the last round to run; `period`: seconds per round; `fanout`: neighbours each model
+    is pushed to per round; `seed`: the choice of neighbours. `start_round` > 1 resumes a node
+    (e.g. a restarted daemon from its checkpoint) at that round: it runs rounds start_round..rounds.
     """
 
     rounds: int
     period: float = 1.0
     fanout: int = 1
     seed: int = 0
+    start_round: int = 1
 
     def __post_init__(self) -> None:
         if self.rounds < 0:
@@ -44,14 +46,18 @@ class GossipLearning(RoundProtocol):
             raise ValueError(f"period must be > 0, got {self.period}")
         if self.fanout < 1:
             raise ValueError(f"fanout must be >= 1, got {self.fanout}")
+        if self.start_round < 1:
+            raise ValueError(f"start_round must be >= 1, got {self.start_round}")
 
     async def run(self, transport: Transport, learning: Learning) -> None:
-        rng = random.Random(self.seed)
+        # A resumed node draws a fresh stream for its seed and round rather than replaying round 1's.
+        rng = random.Random(self.seed if self.start_round == 1 else f"{self.seed}:{self.start_round}")
         inbox: dict[PeerId, ModelUpdate] = {}
         async with trio.open_nursery() as nursery:
             nursery.start_soon(keep_newest, transport, inbox, ModelUpdate)
             start = trio.current_time()
-            for round_ in range(1, self.rounds + 1):
+            first = self.start_round
+            for round_ in range(first, self.rounds + 1):
                 await learning.train()
                 update = ModelUpdate(round=round_, model=learning.export_model())
                 neighbours = sorted(transport.peers())
@@ -60,7 +66,7 @@ class GossipLearning(RoundProtocol):
                         await transport.send(peer, update)
                     except PeerUnreachable as exc:
                         log.info("could not push round %d model: %s", round_, exc)
-                await trio.sleep_until(start + round_ * self.period)
+                await trio.sleep_until(start + (round_ - first + 1) * self.period)
                 received: list[tuple[PeerId, ModelPayload]] = [
                     (sender, inbox[sender].model) for sender in sorted(inbox)
                 ]

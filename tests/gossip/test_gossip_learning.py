@@ -71,7 +71,23 @@ def test_a_node_without_neighbours_keeps_running():
     assert learning.value == 3.0 and len(learning.finished) == 3
 
 
-@pytest.mark.parametrize("kwargs", [{"rounds": -1}, {"rounds": 1, "period": 0}, {"rounds": 1, "fanout": 0}])
+def test_a_resumed_node_runs_from_its_start_round_on_the_period():
+    learning = ScalarLearning(3.0)
+
+    async def main():
+        async with open_memory_network() as net:
+            await GossipLearning(rounds=6, start_round=4).run(net.add_peer("resumed"), learning)
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert [r for r, _ in learning.finished] == [4, 5, 6]
+    assert [t for _, t in learning.finished] == pytest.approx([1.0, 2.0, 3.0])
+    assert learning.trained == 3
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"rounds": -1}, {"rounds": 1, "period": 0}, {"rounds": 1, "fanout": 0}, {"rounds": 1, "start_round": 0}],
+)
 def test_invalid_settings_are_refused(kwargs):
     with pytest.raises(ValueError):
         GossipLearning(**kwargs)

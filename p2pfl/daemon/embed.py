@@ -1,0 +1,157 @@
+"""Embedding a daemon node in an application.
+
+In a trio program, use the async context manager directly::
+
+    async with open_node(config) as handle:
+        await handle.wait_for_round(10)
+        print(handle.status()["accuracy"])
+
+Anywhere else (asyncio, plain threads, a notebook), `NodeThread` runs the same thing on a trio loop
+in a background thread and offers blocking calls::
+
+    with NodeThread(config) as node:      # start() ... stop()
+        node.wait_for_round(10, timeout=60)
+        print(node.status()["accuracy"])
+
+From asyncio, call the blocking methods through ``await asyncio.to_thread(node.wait_for_round, 10)``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from typing import Any
+
+import trio
+
+from p2pfl.daemon.config import NodeConfig
+from p2pfl.daemon.runner import NodeHandle, open_node
+from p2pfl.learner import Learner
+from p2pfl.node import RoundRecord
+
+__all__ = ["NodeThread", "open_node"]
+
+
+class NodeThread:
+    """A node running in a background thread, with a blocking API.
+
+    `start()` returns once the node listens (or raises what stopped it from starting); `stop()`
+    cancels it, waits for the final checkpoint and the transport to close, and re-raises an error
+    the node died of, if any.
+    """
+
+    def __init__(
+        self, config: NodeConfig, *, learner: Learner | None = None, name: str = "p2pfl-node"
+    ) -> None:
+        self.config = config
+        self._learner = learner
+        self._thread = threading.Thread(target=self._main, name=name, daemon=True)
+        self._started = threading.Event()
+        self._round = threading.Condition()
+        self._last_round = 0
+        self._handle: NodeHandle | None = None
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._stop: trio.Event | None = None
+        self._error: BaseException | None = None
+
+    # --- lifetime ------------------------------------------------------------------------------------
+
+    def start(self, timeout: float | None = 60.0) -> NodeThread:
+        if self._thread.is_alive() or self._started.is_set():
+            raise RuntimeError("a NodeThread can be started once")
+        self._thread.start()
+        if not self._started.wait(timeout):
+            raise TimeoutError(f"the node did not start within {timeout} s")
+        if self._handle is None:
+            self._thread.join()
+            raise RuntimeError("the node failed to start") from self._error
+        return self
+
+    def stop(self, timeout: float | None = 30.0) -> None:
+        """Stop the node and wait for it (at most `timeout` s); idempotent."""
+        token, stop = self._token, self._stop
+        if token is not None and stop is not None and self._thread.is_alive():
+            with contextlib.suppress(trio.RunFinishedError):
+                trio.from_thread.run_sync(stop.set, trio_token=token)
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            raise TimeoutError(f"the node did not stop within {timeout} s")
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise RuntimeError("the node stopped with an error") from error
+
+    def __enter__(self) -> NodeThread:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive() and self._handle is not None
+
+    # --- queries -------------------------------------------------------------------------------------
+
+    @property
+    def peer_id(self) -> str:
+        return self._require().peer_id
+
+    @property
+    def addrs(self) -> list[str]:
+        return self._call(lambda: list(self._require().addrs))
+
+    def status(self) -> dict[str, Any]:
+        """The status document (as /status serves it), taken on the node's own thread."""
+        return self._call(self._require().status)
+
+    def wait_for_round(self, round: int, timeout: float | None = None) -> int:
+        """Block until the node has completed `round`; the round reached, or `TimeoutError`."""
+        with self._round:
+            ok = self._round.wait_for(
+                lambda: self._last_round >= round or not self._thread.is_alive(), timeout
+            )
+            if not ok:
+                raise TimeoutError(f"round {round} not reached within {timeout} s (at {self._last_round})")
+            if self._last_round < round:
+                raise RuntimeError(f"the node stopped at round {self._last_round}") from self._error
+            return self._last_round
+
+    # --- the trio side -------------------------------------------------------------------------------
+
+    def _main(self) -> None:
+        try:
+            trio.run(self._run)
+        except BaseException as exc:  # reported by start() or stop()
+            self._error = exc
+        finally:
+            self._started.set()
+            with self._round:
+                self._round.notify_all()
+
+    async def _run(self) -> None:
+        self._token = trio.lowlevel.current_trio_token()
+        self._stop = trio.Event()
+        async with open_node(self.config, learner=self._learner) as handle:
+            self._last_round = handle.round
+            handle.add_round_listener(self._on_round)
+            self._handle = handle
+            self._started.set()
+            await self._stop.wait()
+
+    def _on_round(self, record: RoundRecord) -> None:
+        with self._round:
+            self._last_round = record.round
+            self._round.notify_all()
+
+    def _require(self) -> NodeHandle:
+        if self._handle is None:
+            raise RuntimeError("the node is not running; call start() first")
+        return self._handle
+
+    def _call(self, fn):  # type: ignore[no-untyped-def]
+        if self._token is None or not self._thread.is_alive():
+            raise RuntimeError("the node is not running")
+        try:
+            return trio.from_thread.run_sync(fn, trio_token=self._token)
+        except trio.RunFinishedError:
+            raise RuntimeError("the node is not running") from None

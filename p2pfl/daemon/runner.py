@@ -1,0 +1,506 @@
+"""The node daemon: a libp2p transport, a `Node`, checkpoints and the status server, as one unit.
+
+`open_node(config)` is the composition, for any trio program; `run_daemon(config)` is what
+`p2pfl node run` runs: `open_node` plus signal handling and logging. On SIGINT or SIGTERM the
+daemon stops within a few seconds, in this order: cancel the node (the protocol and any training
+step end), write a final checkpoint, stop the status server, close the transport (connections and
+services, capped at 5 s by the transport itself).
+
+Files in the data dir: ``identity.key`` (the node's libp2p key, hence its peer ID), ``checkpoint.npz``
+(model and round, see `p2pfl.daemon.checkpoint`) and, while the daemon runs, ``status.json`` (pid,
+peer ID, listen addresses and the status URL; `p2pfl status --data-dir` reads it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import fields, is_dataclass
+from functools import partial
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import torch
+import trio
+
+from gossip.gossip_learning import GossipLearning
+from gossip.modest import Modest
+from gossip.protocol import RoundProtocol
+from p2pfl.aggregation.registry import build_aggregator
+from p2pfl.compute import ThreadCompute
+from p2pfl.daemon.checkpoint import (
+    CHECKPOINT_FILE,
+    Checkpoint,
+    CheckpointError,
+    load_checkpoint,
+    quarantine,
+    save_checkpoint,
+)
+from p2pfl.daemon.config import GossipProtocolConfig, ModestProtocolConfig, NodeConfig
+from p2pfl.daemon.status import StatusServer, StatusUnavailable
+from p2pfl.daemon.task import build_learner
+from p2pfl.errors import IncompatibleModel, P2PFLError
+from p2pfl.learner import Learner
+from p2pfl.node import Node, RoundRecord
+from transport.libp2p import Libp2pTransport, open_libp2p_transport
+
+__all__ = ["STATUS_FILE", "DataDirInUse", "NodeHandle", "open_node", "run_daemon"]
+
+log = logging.getLogger(__name__)
+
+STATUS_FILE = "status.json"
+LOCK_FILE = "lock"
+
+
+class DataDirInUse(P2PFLError):
+    """Another node (process or thread) runs with this data dir: its identity and checkpoints."""
+
+
+_HISTORY_IN_STATUS = 20  # rounds listed in /status
+
+
+def _version() -> str:
+    try:
+        return version("p2pfl-mesh")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+class NodeHandle:
+    """A running daemon node: its parts, a status document, and waiting for rounds.
+
+    Methods and attributes belong to the trio thread that runs `open_node`; from other threads use
+    `NodeThread` (or `trio.from_thread`). `node` is None until the protocol is built (MoDeST with
+    ``participants = "discovered"`` waits for peers first).
+    """
+
+    def __init__(
+        self, config: NodeConfig, transport: Libp2pTransport, learner: Learner, restored: Checkpoint | None
+    ) -> None:
+        self.config = config
+        self.transport = transport
+        self.learner = learner
+        self.node: Node | None = None
+        self.state = "starting"
+        self.status_url: str | None = None
+        self.resumed_round = restored.round if restored else 0
+        self.started_round = self.resumed_round + 1
+        self.checkpoint_path = Path(config.data_dir) / CHECKPOINT_FILE
+        self.checkpoint_round: int | None = restored.round if restored else None
+        self.checkpoint_writes = 0
+        self.checkpoint_failures = 0
+        self.checkpoint_error: str | None = None
+        self._restored_info = dict(restored.info) if restored else {}
+        self._started_at = time.monotonic()
+        self._round_changed = trio.Event()
+        self._done = trio.Event()
+        self._listeners: list[Callable[[RoundRecord], None]] = []
+        self._pending: Checkpoint | None = None
+        self._wake_writer = trio.Event()
+
+    # --- queries -------------------------------------------------------------------------------------
+
+    @property
+    def peer_id(self) -> str:
+        return self.transport.peer_id
+
+    @property
+    def addrs(self) -> list[str]:
+        return self.transport.addrs
+
+    @property
+    def round(self) -> int:
+        """The last round completed, counting rounds done before a restart."""
+        history = self.node.history if self.node else []
+        return history[-1].round if history else self.resumed_round
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    async def wait_for_round(self, round: int) -> int:
+        """Return the current round once it is >= `round` (raises `trio.Cancelled` on stop only)."""
+        while self.round < round:
+            await self._round_changed.wait()
+        return self.round
+
+    async def wait_done(self) -> None:
+        """Return when the protocol has run its last round."""
+        await self._done.wait()
+
+    def add_round_listener(self, listener: Callable[[RoundRecord], None]) -> None:
+        """Call `listener(record)` on the trio thread after every round (must not block)."""
+        self._listeners.append(listener)
+
+    def status(self) -> dict[str, Any]:
+        """The status document that /status serves (JSON-ready)."""
+        transport, node = self.transport, self.node
+        history = node.history if node else []
+        evaluated = [r for r in history if r.accuracy is not None]
+        accuracy = evaluated[-1].accuracy if evaluated else self._restored_info.get("accuracy")
+        loss = evaluated[-1].loss if evaluated else self._restored_info.get("loss")
+        stats = transport.stats
+        return {
+            "peer_id": transport.peer_id,
+            "addrs": transport.addrs,
+            "peers": sorted(transport.peers()),
+            "state": self.state,
+            "protocol": self.config.protocol.name,
+            "rounds": self.config.protocol.rounds,
+            "round": self.round,
+            "started_round": self.started_round,
+            "accuracy": accuracy,
+            "loss": loss,
+            "bytes_in": stats.bytes_received,
+            "bytes_out": stats.bytes_sent,
+            "messages_in": stats.messages_received,
+            "messages_out": stats.messages_sent,
+            "messages_rejected": stats.messages_rejected,
+            "models_rejected": node.models_rejected if node else 0,
+            "libp2p": _plain(getattr(transport, "libp2p_stats", None)),
+            "checkpoint": {
+                "enabled": self.config.checkpoint.enabled,
+                "path": str(self.checkpoint_path),
+                "round": self.checkpoint_round,
+                "writes": self.checkpoint_writes,
+                "failures": self.checkpoint_failures,
+                "last_error": self.checkpoint_error,
+            },
+            "history": [
+                {"round": r.round, "accuracy": r.accuracy, "loss": r.loss}
+                for r in history[-_HISTORY_IN_STATUS:]
+            ],
+            "status_url": self.status_url,
+            "data_dir": str(self.config.data_dir),
+            "pid": os.getpid(),
+            "uptime_s": round(time.monotonic() - self._started_at, 3),
+            "version": _version(),
+        }
+
+    # --- the node's life -----------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        protocol = await self._build_protocol()
+        config = self.config
+        self.node = Node(
+            self.transport,
+            self.learner,
+            protocol=protocol,
+            aggregator=build_aggregator(config.aggregation.name, **config.aggregation.params),
+            local_steps=config.local_steps,
+            evaluate_every=config.training.evaluate_every,
+            compute=ThreadCompute(),
+            observer=self,
+        )
+        self.state = "running"
+        log.info("protocol started", extra={"protocol": config.protocol.name, "round": self.started_round})
+        await self.node.run()
+        self.state = "done"
+        self._done.set()
+        log.info("protocol finished", extra={"round": self.round})
+        # Still connected and serving status, but nobody reads the transport any more: drop what
+        # arrives rather than let it fill the inbox (and refuse peers as busy).
+        async for _ in self.transport.events:
+            pass
+
+    async def _build_protocol(self) -> RoundProtocol:
+        protocol, transport = self.config.protocol, self.transport
+        if isinstance(protocol, GossipProtocolConfig):
+            return GossipLearning(
+                rounds=protocol.rounds,
+                period=protocol.period,
+                fanout=protocol.fanout,
+                seed=self.config.protocol_seed,
+                start_round=self.started_round,
+            )
+        assert isinstance(protocol, ModestProtocolConfig)
+        if protocol.participants == "discovered":
+            with trio.move_on_after(protocol.discovery_timeout):
+                while protocol.expect_peers == 0 or len(transport.peers()) < protocol.expect_peers:
+                    await trio.sleep(0.1)
+            participants = {*transport.peers(), transport.peer_id}
+        else:
+            participants = set()
+            for item in protocol.participants:
+                if item.startswith("/"):
+                    (peer,) = transport.add_peer_addrs([item])
+                    participants.add(peer)
+                else:
+                    participants.add(item)
+        log.info("modest participants", extra={"participants": sorted(participants)})
+        # A restarted MoDeST node needs no start round: it adopts the current round from the next
+        # aggregate it receives. Its model comes from the checkpoint like any node's.
+        return Modest(
+            rounds=protocol.rounds,
+            participants=tuple(sorted(participants)),
+            settings=protocol.settings(),
+            join_fanout=protocol.join_fanout,
+            leave_on_stop=protocol.leave_on_stop,
+        )
+
+    def round_finished(self, node: Node, record: RoundRecord) -> None:
+        """`RoundObserver`: log the round, queue a checkpoint, wake whoever waits for rounds."""
+        log.info(
+            "round finished",
+            extra={
+                "round": record.round,
+                "accuracy": record.accuracy,
+                "loss": record.loss,
+                "peers": len(self.transport.peers()),
+                "bytes_out": record.bytes_sent,
+                "bytes_in": record.bytes_received,
+            },
+        )
+        checkpoint = self.config.checkpoint
+        if checkpoint.enabled and record.round % checkpoint.every == 0:
+            self._pending = self._snapshot(record.round)
+            self._wake_writer.set()
+        event, self._round_changed = self._round_changed, trio.Event()
+        event.set()
+        for listener in self._listeners:
+            try:
+                listener(record)
+            except Exception:
+                log.exception("round listener failed")
+
+    # --- checkpoints ---------------------------------------------------------------------------------
+
+    def _snapshot(self, round: int) -> Checkpoint:
+        """The model as it is now (a host copy, so training can go on while it is written)."""
+        history = self.node.history if self.node else []
+        evaluated = [r for r in history if r.accuracy is not None]
+        info = {"peer_id": self.peer_id}
+        if evaluated:
+            info.update(accuracy=evaluated[-1].accuracy, loss=evaluated[-1].loss)
+        elif "accuracy" in self._restored_info:
+            info.update(accuracy=self._restored_info["accuracy"], loss=self._restored_info.get("loss"))
+        return Checkpoint(
+            round=round,
+            tensors=self.learner.state().to_numpy(),
+            protocol=self.config.protocol.name,
+            protocol_state={"round": round},
+            info=info,
+        )
+
+    async def _write_checkpoints(self) -> None:
+        """Write queued checkpoints in a worker thread; only the newest queued one is written."""
+        while True:
+            await self._wake_writer.wait()
+            self._wake_writer = trio.Event()
+            checkpoint, self._pending = self._pending, None
+            if checkpoint is not None:
+                await self._save(checkpoint)
+
+    async def _save(self, checkpoint: Checkpoint) -> None:
+        try:
+            await trio.to_thread.run_sync(save_checkpoint, self.checkpoint_path, checkpoint)
+        except OSError as exc:
+            self.checkpoint_failures += 1
+            self.checkpoint_error = f"{exc}"
+            log.error("checkpoint failed", extra={"round": checkpoint.round, "error": str(exc)})
+        else:
+            self.checkpoint_writes += 1
+            self.checkpoint_round = checkpoint.round
+            log.debug("checkpoint written", extra={"round": checkpoint.round})
+
+
+def _plain(stats: object) -> dict[str, Any]:
+    """A stats dataclass as JSON-ready data (Counters become dicts)."""
+    if stats is None or not is_dataclass(stats):
+        return {}
+    out: dict[str, Any] = {}
+    for f in fields(stats):
+        value = getattr(stats, f.name)
+        out[f.name] = dict(value) if isinstance(value, dict) else value
+    return out
+
+
+def _restore(config: NodeConfig, learner: Learner) -> Checkpoint | None:
+    """Load the checkpoint into `learner`; what happens to a bad one is `checkpoint.on_corrupt`."""
+    if not config.checkpoint.enabled:
+        return None
+    path = Path(config.data_dir) / CHECKPOINT_FILE
+    try:
+        checkpoint = load_checkpoint(path)
+        if checkpoint is None:
+            log.info("no checkpoint; starting at round 1", extra={"path": str(path)})
+            return None
+        try:
+            learner.load(learner.state().from_numpy(checkpoint.tensors))
+        except IncompatibleModel as exc:
+            raise CheckpointError(f"checkpoint {path} does not fit the configured model: {exc}") from exc
+    except CheckpointError as exc:
+        if config.checkpoint.on_corrupt == "refuse":
+            raise CheckpointError(
+                f'{exc}. Move the file away to start fresh, or set checkpoint.on_corrupt = "fresh"'
+            ) from exc
+        moved = quarantine(path)
+        log.warning(
+            "unusable checkpoint moved aside; starting fresh",
+            extra={"error": str(exc), "moved_to": str(moved)},
+        )
+        return None
+    if checkpoint.protocol != config.protocol.name:
+        log.warning(
+            "checkpoint was written by another protocol; resuming its model and round anyway",
+            extra={"checkpoint_protocol": checkpoint.protocol, "protocol": config.protocol.name},
+        )
+    log.info("resuming from checkpoint", extra={"round": checkpoint.round, "path": str(path)})
+    return checkpoint
+
+
+def _snapshot_from_thread(handle: NodeHandle, token: trio.lowlevel.TrioToken) -> dict[str, Any]:
+    try:
+        return trio.from_thread.run_sync(handle.status, trio_token=token)
+    except trio.RunFinishedError:
+        raise StatusUnavailable("the node has stopped") from None
+
+
+@contextlib.contextmanager
+def _lock_data_dir(data_dir: Path):  # type: ignore[no-untyped-def]
+    """Hold an exclusive lock on the data dir, so two nodes never share a key and a checkpoint."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        yield
+        return
+    fd = os.open(data_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise DataDirInUse(
+                f"data dir {data_dir} is in use by another node ({_owner(data_dir)})"
+            ) from None
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _owner(data_dir: Path) -> str:
+    try:
+        return f"pid {json.loads((data_dir / STATUS_FILE).read_text())['pid']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "pid unknown"
+
+
+def _write_json_atomic(path: Path, document: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(document, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+@asynccontextmanager
+async def open_node(config: NodeConfig, *, learner: Learner | None = None) -> AsyncIterator[NodeHandle]:
+    """Run a node for the duration of the block; stop it (final checkpoint included) on exit.
+
+    `learner` replaces the configured task (the digits data and MLP) with the application's own model
+    and data; checkpoints, protocol and aggregation still follow `config`. The block may end on its
+    own, after `handle.wait_done()`, or be cancelled; either way the node is stopped.
+    """
+    data_dir = Path(config.data_dir)
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if config.torch_threads:
+        torch.set_num_threads(config.torch_threads)
+    learner = learner if learner is not None else build_learner(config)
+    with _lock_data_dir(data_dir):
+        async with _open_node(config, data_dir, learner) as handle:
+            yield handle
+
+
+@asynccontextmanager
+async def _open_node(config: NodeConfig, data_dir: Path, learner: Learner) -> AsyncIterator[NodeHandle]:
+    restored = _restore(config, learner)
+    async with open_libp2p_transport(
+        key_dir=data_dir,
+        listen=config.listen,
+        announce=config.announce,
+        bootstrap=config.bootstrap,
+        max_connections=config.max_connections,
+        discovery=config.discovery.enabled,
+        discovery_interval=config.discovery.interval,
+        discovery_target=config.discovery.target,
+    ) as transport:
+        handle = NodeHandle(config, transport, learner, restored)
+        server: StatusServer | None = None
+        status_file = data_dir / STATUS_FILE
+        try:
+            async with trio.open_nursery() as nursery:
+                if config.status.enabled:
+                    snapshot = partial(_snapshot_from_thread, handle, trio.lowlevel.current_trio_token())
+                    server = StatusServer(snapshot, host=config.status.host, port=config.status.port).start()
+                    handle.status_url = server.url
+                _write_json_atomic(
+                    status_file,
+                    {
+                        "pid": os.getpid(),
+                        "peer_id": handle.peer_id,
+                        "addrs": handle.addrs,
+                        "url": handle.status_url,
+                        "started_at": time.time(),
+                    },
+                )
+                nursery.start_soon(handle._run)
+                if config.checkpoint.enabled:
+                    nursery.start_soon(handle._write_checkpoints)
+                log.info(
+                    "node started",
+                    extra={
+                        "peer_id": handle.peer_id,
+                        "addrs": handle.addrs,
+                        "status_url": handle.status_url,
+                        "start_round": handle.started_round,
+                    },
+                )
+                try:
+                    yield handle
+                finally:
+                    handle.state = "stopping"
+                    nursery.cancel_scope.cancel()
+        finally:
+            with trio.CancelScope(shield=True):
+                if config.checkpoint.enabled:
+                    await handle._save(handle._snapshot(handle.round))
+                if server is not None:
+                    await trio.to_thread.run_sync(server.stop)
+                with contextlib.suppress(OSError, ValueError):
+                    if json.loads(status_file.read_text()).get("pid") == os.getpid():
+                        status_file.unlink()
+
+
+async def run_daemon(config: NodeConfig) -> None:
+    """Run a node until SIGINT or SIGTERM (or, with `exit_when_done`, its last round), then stop it.
+
+    Signals are handled in trio's main thread, so call this from `trio.run` in the main thread.
+    """
+    stop_started: float | None = None
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with open_node(config) as handle, trio.open_nursery() as nursery:
+
+            async def stop_on_signal() -> None:
+                nonlocal stop_started
+                async for signum in signals:
+                    stop_started = time.monotonic()
+                    log.info("stopping", extra={"signal": signal.Signals(signum).name})
+                    nursery.cancel_scope.cancel()
+                    return
+
+            async def stop_when_done() -> None:
+                await handle.wait_done()
+                log.info("stopping", extra={"reason": "last round done"})
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(stop_on_signal)
+            if config.exit_when_done:
+                nursery.start_soon(stop_when_done)
+    elapsed = time.monotonic() - stop_started if stop_started is not None else None
+    log.info(
+        "stopped", extra={"round": handle.round, "stop_s": None if elapsed is None else round(elapsed, 3)}
+    )

@@ -1,0 +1,144 @@
+"""Checkpoints: atomic round trips, clear errors on bad files, and what a node does with one."""
+
+from __future__ import annotations
+
+import logging
+import zipfile
+
+import numpy as np
+import pytest
+from daemon_helpers import node_config
+
+from p2pfl.daemon.checkpoint import (
+    CHECKPOINT_FILE,
+    Checkpoint,
+    CheckpointError,
+    load_checkpoint,
+    save_checkpoint,
+)
+from p2pfl.daemon.runner import _restore
+from p2pfl.daemon.task import build_learner
+
+
+def sample(round_: int = 7) -> Checkpoint:
+    rng = np.random.default_rng(round_)
+    return Checkpoint(
+        round=round_,
+        tensors={
+            "0.weight": rng.standard_normal((4, 3), dtype=np.float32),
+            "0.bias": rng.standard_normal(4, dtype=np.float32),
+            "steps": np.arange(2, dtype=np.int64),
+        },
+        protocol="gossip",
+        protocol_state={"round": round_},
+        info={"accuracy": 0.9, "peer_id": "p"},
+    )
+
+
+def test_round_trip_keeps_tensors_round_and_state(tmp_path):
+    path = tmp_path / CHECKPOINT_FILE
+    save_checkpoint(path, sample())
+    loaded = load_checkpoint(path)
+    assert loaded is not None and loaded.round == 7 and loaded.protocol == "gossip"
+    assert list(loaded.tensors) == ["0.weight", "0.bias", "steps"]
+    for name, array in sample().tensors.items():
+        assert loaded.tensors[name].dtype == array.dtype
+        np.testing.assert_array_equal(loaded.tensors[name], array)
+    assert loaded.protocol_state == {"round": 7}
+    assert loaded.info["accuracy"] == 0.9 and "saved_at" in loaded.info
+
+
+def test_saving_replaces_the_file_and_leaves_no_temp_files(tmp_path):
+    path = tmp_path / CHECKPOINT_FILE
+    save_checkpoint(path, sample(1))
+    save_checkpoint(path, sample(2))
+    assert load_checkpoint(path).round == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == [CHECKPOINT_FILE]
+    assert (path.stat().st_mode & 0o777) == 0o600
+
+
+def test_no_file_is_no_checkpoint(tmp_path):
+    assert load_checkpoint(tmp_path / CHECKPOINT_FILE) is None
+
+
+def test_a_truncated_file_is_a_clear_error(tmp_path):
+    path = tmp_path / CHECKPOINT_FILE
+    save_checkpoint(path, sample())
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match="is unreadable"):
+        load_checkpoint(path)
+
+
+def test_garbage_is_a_clear_error(tmp_path):
+    path = tmp_path / CHECKPOINT_FILE
+    path.write_bytes(b"not a zip at all" * 10)
+    with pytest.raises(CheckpointError, match=f"checkpoint {path}"):
+        load_checkpoint(path)
+
+
+def test_a_flipped_byte_fails_the_zip_crc(tmp_path):
+    path = tmp_path / CHECKPOINT_FILE
+    save_checkpoint(path, sample())
+    data = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as archive:
+        info = archive.getinfo("tensor.0.weight.npy")
+    data[info.header_offset + 30 + len(info.filename) + 100] ^= 0xFF  # inside the array's bytes
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="unreadable"):
+        load_checkpoint(path)
+
+
+def test_an_npz_without_our_metadata_is_refused(tmp_path):
+    path = tmp_path / CHECKPOINT_FILE
+    with path.open("wb") as file:
+        np.savez(file, weights=np.zeros(3))
+    with pytest.raises(CheckpointError, match="no metadata"):
+        load_checkpoint(path)
+
+
+def test_pickled_arrays_are_never_loaded(tmp_path):
+    path = tmp_path / CHECKPOINT_FILE
+    with path.open("wb") as file:
+        np.savez(file, meta=np.frombuffer(b"{}", dtype=np.uint8), evil=np.array([object()], dtype=object))
+    with pytest.raises(CheckpointError, match="unreadable"):
+        load_checkpoint(path)
+
+
+def test_a_node_resumes_its_model_and_round(tmp_path):
+    config = node_config(tmp_path)
+    trained = build_learner(config)
+    trained.train(steps=5)
+    save_checkpoint(
+        tmp_path / CHECKPOINT_FILE,
+        Checkpoint(round=12, tensors=trained.state().to_numpy(), protocol="gossip"),
+    )
+    fresh = build_learner(config)
+    restored = _restore(config, fresh)
+    assert restored is not None and restored.round == 12
+    assert fresh.state().flat.equal(trained.state().flat)
+
+
+def test_a_corrupt_checkpoint_refuses_to_start_by_default(tmp_path):
+    config = node_config(tmp_path)
+    (tmp_path / CHECKPOINT_FILE).write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match=r'checkpoint\.on_corrupt = "fresh"'):
+        _restore(config, build_learner(config))
+    assert (tmp_path / CHECKPOINT_FILE).exists()  # left for the operator
+
+
+def test_a_checkpoint_of_another_model_refuses_to_start(tmp_path):
+    save_checkpoint(tmp_path / CHECKPOINT_FILE, sample())
+    config = node_config(tmp_path)
+    with pytest.raises(CheckpointError, match="does not fit the configured model"):
+        _restore(config, build_learner(config))
+
+
+def test_on_corrupt_fresh_moves_the_file_aside_and_starts_over(tmp_path, caplog):
+    config = node_config(tmp_path, checkpoint={"on_corrupt": "fresh"})
+    (tmp_path / CHECKPOINT_FILE).write_bytes(b"garbage")
+    with caplog.at_level(logging.WARNING):
+        assert _restore(config, build_learner(config)) is None
+    assert not (tmp_path / CHECKPOINT_FILE).exists()
+    (moved,) = tmp_path.glob(f"{CHECKPOINT_FILE}.bad-*")
+    assert moved.read_bytes() == b"garbage"
+    assert "unusable checkpoint moved aside" in caplog.text

@@ -1,0 +1,118 @@
+"""node.toml validation: good files parse, and every error names the field it is about."""
+
+from __future__ import annotations
+
+import pytest
+from click.testing import CliRunner
+from daemon_helpers import node_settings
+
+from p2pfl.cli import main
+from p2pfl.daemon.config import load_config, parse_config
+from p2pfl.errors import ConfigError
+
+PEER = "12D3KooWBfmETW1ZbkdZbKKPpE3jpjyQ5WBXoDF8y9oE8vMQPKLi"
+
+
+def errors_of(data) -> str:
+    with pytest.raises(ConfigError) as info:
+        parse_config(data)
+    return str(info.value)
+
+
+def test_a_minimal_config_takes_the_defaults(tmp_path):
+    config = parse_config({"data_dir": str(tmp_path), "protocol": {"name": "gossip", "rounds": 3}})
+    assert config.listen == ["/ip4/127.0.0.1/tcp/0"]
+    assert config.status.host == "127.0.0.1" and config.status.port == 0
+    assert config.torch_threads == 1 and config.checkpoint.on_corrupt == "refuse"
+    assert config.task.shard.index == 0 and config.task.shard.of == 1
+    assert config.aggregation.name == "fedavg"
+
+
+def test_local_steps_may_be_one_epoch(tmp_path):
+    assert parse_config(node_settings(tmp_path, training={"local_steps": "epoch"})).local_steps is None
+    assert parse_config(node_settings(tmp_path, training={"local_steps": 3})).local_steps == 3
+
+
+def test_the_shard_index_seeds_batches_and_peer_choice_unless_given(tmp_path):
+    config = parse_config(node_settings(tmp_path, index=3, of=4))
+    assert config.training_seed == 3 and config.protocol_seed == 3
+    config = parse_config(
+        node_settings(tmp_path, training={"seed": 9}, protocol={"name": "gossip", "rounds": 2, "seed": 7})
+    )
+    assert config.training_seed == 9 and config.protocol_seed == 7
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"trainng": {"lr": 0.1}}, "trainng: Extra inputs are not permitted"),
+        ({"training": {"lr": -1}}, "training.lr:"),
+        ({"training": {"learning_rate": 0.1}}, "training.learning_rate: Extra inputs"),
+        ({"task": {"shard": {"index": 4, "of": 4}}}, "task.shard: index must be < of (4)"),
+        ({"task": {"shard": {"index": 0, "of": 2, "partition": "skewed"}}}, "task.shard.partition:"),
+        ({"protocol": {"name": "gossip", "rounds": 5, "period": 0}}, "protocol.period:"),
+        ({"protocol": {"name": "gossip"}}, "protocol.rounds: Field required"),
+        ({"protocol": {"name": "flood", "rounds": 5}}, "protocol:"),
+        (
+            {"protocol": {"name": "modest", "rounds": 5, "s": 2, "a": 3}},
+            "protocol: a must be an int in [1, s=2]",
+        ),
+        ({"protocol": {"name": "modest", "rounds": 5, "participants": []}}, "protocol.participants:"),
+        (
+            {"bootstrap": ["/ip4/127.0.0.1/tcp/4001"]},
+            "bootstrap.0: '/ip4/127.0.0.1/tcp/4001' must end in /p2p/",
+        ),
+        ({"bootstrap": ["not an address"]}, "bootstrap.0: not a multiaddr"),
+        ({"listen": ["/ip4/127.0.0.1/udp/4001"]}, "listen.0: '/ip4/127.0.0.1/udp/4001': only plain TCP"),
+        ({"status": {"port": 70000}}, "status.port:"),
+        ({"aggregation": {"name": "mean"}}, "aggregation: aggregation: unknown rule 'mean'"),
+        (
+            {"aggregation": {"name": "trimmed_mean", "params": {"bogus": 1}}},
+            "aggregation: aggregation 'trimmed_mean'",
+        ),
+        ({"log_level": "loud"}, "log_level:"),
+        ({"torch_threads": -1}, "torch_threads:"),
+        ({"training": {"local_steps": "all"}}, "training.local_steps:"),
+    ],
+)
+def test_errors_name_the_field(tmp_path, change, field):
+    data = node_settings(tmp_path)
+    data.update(change)
+    assert field in errors_of(data)
+
+
+def test_all_errors_are_reported_at_once(tmp_path):
+    data = node_settings(tmp_path, training={"lr": 0, "batch_size": 0})
+    message = errors_of(data)
+    assert "training.lr:" in message and "training.batch_size:" in message
+
+
+def test_modest_participants_may_be_peer_ids_or_full_addresses(tmp_path):
+    protocol = {"name": "modest", "rounds": 5, "participants": [PEER, f"/ip4/10.0.0.1/tcp/4001/p2p/{PEER}"]}
+    assert parse_config(node_settings(tmp_path, protocol=protocol)).protocol.participants[0] == PEER
+    protocol["participants"] = ["/ip4/10.0.0.1/tcp/4001"]
+    message = errors_of(node_settings(tmp_path, protocol=protocol))
+    assert message.endswith("protocol.participants.0: '/ip4/10.0.0.1/tcp/4001' must end in /p2p/<peer id>")
+
+
+def test_load_config_resolves_data_dir_against_the_file(write_toml, tmp_path):
+    data = node_settings(tmp_path)
+    data["data_dir"] = "node-a"
+    config = load_config(write_toml("node.toml", data))
+    assert config.data_dir == tmp_path / "node-a"
+
+
+def test_load_config_reports_bad_toml_and_missing_files(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("data_dir = \n")
+    with pytest.raises(ConfigError, match=r"bad\.toml: not valid TOML"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match=r"missing\.toml: cannot read"):
+        load_config(tmp_path / "missing.toml")
+
+
+def test_node_run_reports_a_bad_config_as_a_usage_error(write_toml, tmp_path):
+    path = write_toml("node.toml", node_settings(tmp_path, task={"shard": {"index": 5, "of": 2}}))
+    result = CliRunner().invoke(main, ["node", "run", "--config", str(path), "--no-fast-exit"])
+    assert result.exit_code == 2
+    assert "task.shard: index must be < of (2)" in result.output

@@ -1,0 +1,133 @@
+"""Embedding: `NodeThread` and `open_node` run real libp2p nodes in this process, on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.request
+
+import pytest
+import trio
+from daemon_helpers import node_config
+
+from p2pfl.daemon.checkpoint import CHECKPOINT_FILE, load_checkpoint
+from p2pfl.daemon.embed import NodeThread, open_node
+from p2pfl.daemon.runner import STATUS_FILE, DataDirInUse
+
+pytest.importorskip("libp2p")
+
+STATUS_KEYS = {"peer_id", "addrs", "peers", "round", "accuracy", "bytes_in", "bytes_out", "models_rejected"}
+
+
+@pytest.fixture
+def threads():
+    started: list[NodeThread] = []
+
+    def start(config) -> NodeThread:
+        node = NodeThread(config)
+        started.append(node)
+        return node.start(timeout=60)
+
+    try:
+        yield start
+    finally:
+        for node in reversed(started):
+            node.stop(timeout=30)
+
+
+def test_two_node_threads_gossip_checkpoint_and_resume(tmp_path, threads):
+    first = threads(node_config(tmp_path / "a", index=0, of=2, rounds=6, period=0.25))
+    second = threads(
+        node_config(tmp_path / "b", index=1, of=2, rounds=6, period=0.25, bootstrap=first.addrs[:1])
+    )
+    assert second.wait_for_round(6, timeout=60) == 6
+    assert first.wait_for_round(6, timeout=60) == 6
+
+    status = first.status()
+    assert status.keys() >= STATUS_KEYS
+    assert status["peers"] == [second.peer_id]
+    assert second.status()["peers"] == [first.peer_id]
+    assert status["round"] == 6 and status["state"] in ("running", "done")
+    assert status["bytes_in"] > 0 and status["bytes_out"] > 0 and status["models_rejected"] == 0
+    assert 0 <= status["accuracy"] <= 1
+    assert [r["round"] for r in status["history"]] == [1, 2, 3, 4, 5, 6]
+
+    second.stop()
+    checkpoint = load_checkpoint(tmp_path / "b" / CHECKPOINT_FILE)
+    assert checkpoint is not None and checkpoint.round == 6
+
+    resumed = threads(node_config(tmp_path / "b", index=1, of=2, rounds=8, period=0.25))
+    assert resumed.peer_id == second.peer_id  # same data dir, same identity
+    assert resumed.status()["started_round"] == 7
+    assert resumed.wait_for_round(8, timeout=60) == 8
+    assert [r["round"] for r in resumed.status()["history"]] == [7, 8]
+
+
+def test_open_node_serves_status_and_cleans_up(tmp_path):
+    config = node_config(tmp_path, rounds=3, period=0.2)
+
+    def fetch(url):
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.read()
+
+    async def main():
+        with trio.fail_after(60):
+            async with open_node(config) as handle:
+                await handle.wait_for_round(2)
+                info = json.loads((tmp_path / STATUS_FILE).read_text())
+                assert info["peer_id"] == handle.peer_id and info["url"] == handle.status_url
+                status = json.loads(await trio.to_thread.run_sync(fetch, handle.status_url + "/status"))
+                assert status.keys() >= STATUS_KEYS and status["round"] >= 2
+                metrics = (await trio.to_thread.run_sync(fetch, handle.status_url + "/metrics")).decode()
+                assert "p2pfl_round" in metrics
+                await handle.wait_done()
+        return handle
+
+    handle = trio.run(main)
+    assert handle.round == 3
+    assert not (tmp_path / STATUS_FILE).exists()
+    assert load_checkpoint(tmp_path / CHECKPOINT_FILE).round == 3
+
+
+def test_a_node_thread_that_cannot_start_says_why(tmp_path):
+    (tmp_path / CHECKPOINT_FILE).write_bytes(b"garbage")
+    node = NodeThread(node_config(tmp_path))
+    with pytest.raises(RuntimeError, match="failed to start") as info:
+        node.start(timeout=60)
+    assert "unreadable" in str(info.value.__cause__)
+
+
+def test_modest_nodes_take_discovered_peers_as_participants(tmp_path, threads):
+    def protocol():
+        return {
+            "name": "modest",
+            # More rounds than awaited: the aggregator of the last round stops as soon as it adopts
+            # its own aggregate, which can cancel sending it to the others (gossip/modest.py).
+            "rounds": 10,
+            "participants": "discovered",
+            "expect_peers": 2,
+            "discovery_timeout": 30,
+            "s": 3,  # every node trains every round, so every node adopts every aggregate
+            "ping_timeout": 2.0,
+            "ping_interval": 0.5,
+            "round_timeout": 2.0,
+        }
+
+    seed = threads(node_config(tmp_path / "a", index=0, of=3, protocol=protocol()))
+    others = [
+        threads(node_config(tmp_path / n, index=i, of=3, protocol=protocol(), bootstrap=seed.addrs[:1]))
+        for i, n in ((1, "b"), (2, "c"))
+    ]
+    nodes = [seed, *others]
+    for node in nodes:
+        node.wait_for_round(3, timeout=60)  # MoDeST records a round when it adopts its aggregate
+    assert all(len(node.status()["peers"]) == 2 for node in nodes)
+    assert all(node.status()["protocol"] == "modest" for node in nodes)
+
+
+def test_two_nodes_cannot_share_a_data_dir(tmp_path, threads):
+    threads(node_config(tmp_path, rounds=50))
+    with pytest.raises(RuntimeError, match="failed to start") as info:
+        NodeThread(node_config(tmp_path, rounds=50)).start(timeout=60)
+    assert isinstance(info.value.__cause__, DataDirInUse)
+    assert f"pid {os.getpid()}" in str(info.value.__cause__)

@@ -1,0 +1,128 @@
+"""The status endpoint, its Prometheus rendering and `p2pfl status`, against a canned document."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+
+import pytest
+from click.testing import CliRunner
+
+from p2pfl.cli import main
+from p2pfl.daemon.metrics import render_metrics
+from p2pfl.daemon.status import StatusServer, StatusUnavailable
+
+PEERS = ["12D3KooWPeerA", "12D3KooWPeerB", "12D3KooWPeerC"]
+DOCUMENT = {
+    "peer_id": "12D3KooWSelf",
+    "addrs": ["/ip4/127.0.0.1/tcp/4001/p2p/12D3KooWSelf"],
+    "peers": PEERS,
+    "state": "running",
+    "protocol": "gossip",
+    "rounds": 100,
+    "round": 12,
+    "started_round": 5,
+    "accuracy": 0.91,
+    "loss": None,
+    "bytes_in": 2048,
+    "bytes_out": 4096,
+    "messages_in": 10,
+    "messages_out": 11,
+    "messages_rejected": 1,
+    "models_rejected": 2,
+    "libp2p": {"transfers_sent": 11, "transfers_failed": 0, "rejected_by_reason": {"transfer:busy": 3}},
+    "checkpoint": {"enabled": True, "path": "/x/checkpoint.npz", "round": 12, "writes": 8, "failures": 0},
+    "history": [{"round": 12, "accuracy": 0.91, "loss": 0.3}],
+    "version": "0.1.0",
+}
+
+
+@pytest.fixture
+def server():
+    state = {"document": DOCUMENT, "unavailable": False}
+
+    def snapshot():
+        if state["unavailable"]:
+            raise StatusUnavailable("the node has stopped")
+        return state["document"]
+
+    server = StatusServer(snapshot, host="127.0.0.1", port=0).start()
+    server.state = state
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def get(url: str) -> tuple[int, str, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, response.headers["Content-Type"], response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.headers["Content-Type"], exc.read()
+
+
+def test_status_serves_the_snapshot_as_json(server):
+    code, content_type, body = get(server.url + "/status")
+    assert code == 200 and content_type == "application/json"
+    assert json.loads(body) == DOCUMENT
+
+
+def test_metrics_serve_prometheus_text(server):
+    code, content_type, body = get(server.url + "/metrics")
+    assert code == 200 and content_type.startswith("text/plain")
+    text = body.decode()
+    assert "p2pfl_round 12.0" in text
+    assert "p2pfl_bytes_sent_total 4096.0" in text and "p2pfl_bytes_received_total 2048.0" in text
+    assert "p2pfl_models_rejected_total 2.0" in text
+    assert "p2pfl_peers 3.0" in text
+    assert 'p2pfl_libp2p_rejections_total{reason="transfer:busy"} 3.0' in text
+    assert "p2pfl_libp2p_transfers_sent_total 11.0" in text
+    assert 'p2pfl_state{state="running"} 1.0' in text
+    assert 'peer_id="12D3KooWSelf"' in text
+
+
+def test_unknown_paths_are_404_and_a_stopped_node_is_503(server):
+    assert get(server.url + "/nope")[0] == 404
+    server.state["unavailable"] = True
+    code, _, body = get(server.url + "/status")
+    assert code == 503 and json.loads(body) == {"error": "the node has stopped"}
+
+
+def test_stop_closes_the_port(server):
+    url = server.url
+    server.stop()
+    with pytest.raises(urllib.error.URLError):
+        urllib.request.urlopen(url + "/status", timeout=2)
+
+
+def test_unknown_values_are_nan_in_metrics():
+    text = render_metrics({"round": 0, "accuracy": None}).decode()
+    assert "p2pfl_accuracy NaN" in text and "p2pfl_round 0.0" in text
+
+
+def test_status_cli_prints_a_summary_with_every_peer(server):
+    result = CliRunner().invoke(main, ["status", "--url", server.url])
+    assert result.exit_code == 0, result.output
+    assert "12D3KooWSelf" in result.output and "round 12 of 100" in result.output
+    assert "accuracy  0.9100" in result.output and "peers (3)" in result.output
+    assert all(f"  {peer}" in result.output for peer in PEERS)
+
+
+def test_status_cli_json_prints_the_document(server, tmp_path):
+    (tmp_path / "status.json").write_text(json.dumps({"pid": 1, "url": server.url}))
+    result = CliRunner().invoke(main, ["status", "--data-dir", str(tmp_path), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output) == DOCUMENT
+
+
+def test_status_cli_says_when_no_daemon_runs(tmp_path, server):
+    result = CliRunner().invoke(main, ["status", "--data-dir", str(tmp_path)])
+    assert result.exit_code == 1 and "no daemon is running with this data dir" in result.output
+    url = server.url
+    server.stop()
+    result = CliRunner().invoke(main, ["status", "--url", url, "--timeout", "2"])
+    assert result.exit_code == 1 and "is the daemon running?" in result.output
+    result = CliRunner().invoke(main, ["status"])
+    assert result.exit_code == 2 and "exactly one of --data-dir and --url" in result.output
