@@ -52,6 +52,7 @@ class NodeStatus:
     bytes_in: int
     bytes_out: int
     models_rejected: int
+    reputation: dict[PeerId, float]  # per-peer scores of the aggregation rule, if it keeps any
 
 
 class Node:
@@ -116,6 +117,7 @@ class Node:
             bytes_in=self.transport.stats.bytes_received,
             bytes_out=self.transport.stats.bytes_sent,
             models_rejected=self.models_rejected,
+            reputation=dict(self.aggregator.peer_scores()),
         )
 
 

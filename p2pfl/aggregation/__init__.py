@@ -6,6 +6,7 @@ from p2pfl.aggregation.fedavg import FedAvg
 from p2pfl.aggregation.geometric_median import GeometricMedian
 from p2pfl.aggregation.krum import Krum, MultiKrum
 from p2pfl.aggregation.median import CoordinateMedian, TrimmedMean
+from p2pfl.aggregation.reputation import Reputation
 from p2pfl.aggregation.vca import VCA
 
 __all__ = [
@@ -19,6 +20,7 @@ __all__ = [
     "GeometricMedian",
     "Krum",
     "MultiKrum",
+    "Reputation",
     "TrimmedMean",
     "stack",
 ]

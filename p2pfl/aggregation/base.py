@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -30,6 +30,10 @@ class Aggregator(ABC):
 
     @abstractmethod
     def aggregate(self, own: Contribution, received: Sequence[Contribution]) -> ModelState: ...
+
+    def peer_scores(self) -> Mapping[str, float]:
+        """What the rule has learned to think of each peer (e.g. reputation); empty for most rules."""
+        return {}
 
 
 def stack(contributions: Sequence[Contribution]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -10,6 +10,7 @@ from p2pfl.aggregation.fedavg import FedAvg
 from p2pfl.aggregation.geometric_median import GeometricMedian
 from p2pfl.aggregation.krum import Krum, MultiKrum
 from p2pfl.aggregation.median import CoordinateMedian, TrimmedMean
+from p2pfl.aggregation.reputation import Reputation
 from p2pfl.aggregation.vca import VCA
 from p2pfl.errors import ConfigError
 
@@ -24,6 +25,16 @@ AGGREGATORS: dict[str, Callable[..., Aggregator]] = {
     "centered_clipping": CenteredClipping,
     "clipped_gossip": ClippedGossip,
 }
+
+
+def _reputation(*, rule: str = "fedavg", rule_params: dict[str, object] | None = None, **params: object):
+    """`reputation` wraps another rule by name: { rule = "median", decay = 0.8, threshold = 0.0 }."""
+    if rule == "reputation":
+        raise ValueError("reputation cannot wrap itself")
+    return Reputation(build_aggregator(rule, **(rule_params or {})), **params)
+
+
+AGGREGATORS["reputation"] = _reputation
 
 
 def build_aggregator(name: str, **params: object) -> Aggregator:

@@ -164,6 +164,7 @@ class NodeHandle:
             "messages_out": stats.messages_sent,
             "messages_rejected": stats.messages_rejected,
             "models_rejected": node.models_rejected if node else 0,
+            "reputation": dict(node.aggregator.peer_scores()) if node else {},
             "libp2p": _plain(getattr(transport, "libp2p_stats", None)),
             "checkpoint": {
                 "enabled": self.config.checkpoint.enabled,
