@@ -18,9 +18,8 @@ import torch
 
 from p2pfl.aggregation.base import Aggregator, Contribution, stack
 from p2pfl.aggregation.distances import (
-    affine_combination,
+    Centred,
     bool_param,
-    centered_gram,
     clip_factors,
     int_param,
     participants,
@@ -34,20 +33,23 @@ __all__ = ["CenteredClipping", "ClippedGossip", "centered_clipping", "clipped_go
 
 
 def centered_clipping(
-    matrix: torch.Tensor, center: torch.Tensor, *, tau: float, iterations: int = 1
+    matrix: torch.Tensor, center: torch.Tensor, *, tau: float, iterations: int = 1, overwrite: bool = False
 ) -> torch.Tensor:
-    """v <- v + mean_i clip(x_i - v, tau), `iterations` times from v = `center`; (d,)."""
+    """v <- v + mean_i clip(x_i - v, tau), `iterations` times from v = `center`; (d,).
+
+    `overwrite` as in `Centred`.
+    """
     n = matrix.shape[0]
+    centred = Centred(matrix, center, overwrite=overwrite)
     if iterations == 1:  # the distances to the centre itself: the Gram diagonal suffices
-        distances = centered_gram(matrix, center, diagonal_only=True).sqrt_()
-        coeffs = clip_factors(distances, tau) / n
+        coeffs = clip_factors(centred.sq_norms().sqrt_(), tau) / n
     else:
-        gram, far = split_far(centered_gram(matrix, center))
+        gram, far = split_far(centred.gram())
         coeffs = torch.zeros(n, dtype=gram.dtype, device=gram.device)
         for _ in range(iterations):
             factors = clip_factors(sq_distances_to_combination(gram, far, coeffs).sqrt_(), tau)
             coeffs = coeffs + (factors - coeffs * factors.sum()) / n
-    return affine_combination(matrix, coeffs, center)
+    return centred.combine(coeffs)
 
 
 def clipped_gossip(
@@ -57,18 +59,20 @@ def clipped_gossip(
     *,
     tau: float | None = None,
     k: int | None = None,
+    overwrite: bool = False,
 ) -> torch.Tensor:
     """center + sum_j weights_j clip(x_j - center, radius); (d,).
 
     The radius is `tau`, or else the distance from the centre to the k-th closest row (k capped at n).
+    `overwrite` as in `Centred`.
     """
-    distances = centered_gram(matrix, center, diagonal_only=True).sqrt_()
+    centred = Centred(matrix, center, overwrite=overwrite)
+    distances = centred.sq_norms().sqrt_()
     if tau is not None:
         radius: torch.Tensor | float = tau
     else:
         radius = torch.kthvalue(distances, min(k, distances.shape[0])).values
-    factors = clip_factors(distances, radius)
-    return affine_combination(matrix, weights.to(factors.dtype) * factors, center)
+    return centred.combine(weights.to(distances.dtype) * clip_factors(distances, radius))
 
 
 class CenteredClipping(Aggregator):
@@ -106,7 +110,7 @@ class CenteredClipping(Aggregator):
             and previous[1].device == center.device
         ):
             center = previous[1]
-        merged = centered_clipping(matrix, center, tau=self.tau, iterations=self.iterations)
+        merged = centered_clipping(matrix, center, tau=self.tau, iterations=self.iterations, overwrite=True)
         if self.center == "previous":
             self._previous = (own.state.layout, merged.clone())  # the caller may modify what it gets
         return own.state.with_flat(merged)
@@ -139,5 +143,7 @@ class ClippedGossip(Aggregator):
             return own.state.with_flat(own.state.flat.clone())
         total = own.weight + sum(c.weight for c in neighbours)
         matrix, weights = stack(neighbours)
-        merged = clipped_gossip(matrix, own.state.flat, weights / total, tau=self.tau, k=self.k)
+        merged = clipped_gossip(
+            matrix, own.state.flat, weights / total, tau=self.tau, k=self.k, overwrite=True
+        )
         return own.state.with_flat(merged)

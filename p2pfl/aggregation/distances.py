@@ -43,45 +43,93 @@ def column_chunks(rows: int, cols: int, device: torch.device, elements: int | No
         yield slice(start, min(start + width, cols))
 
 
+class Centred:
+    """The rows of an (n, d) matrix as differences to a centre c: Gram matrices and combinations.
+
+    With `overwrite=True` the matrix is the caller's scratch (the rules' own `stack`): it is centred in
+    place, so the Gram matrix is a single GEMM and a combination is c plus one GEMV, with no buffers
+    and no copy of the matrix. Otherwise the matrix is left as it is and the subtraction runs by column
+    chunks into one small buffer.
+
+    A row too far from the centre for float32 (a Byzantine model with entries beyond ~1e19, finite
+    but with squares that overflow) is infinitely far: +inf on the Gram diagonal and 0 elsewhere in
+    its row and column, so that it cannot turn the n x n math into NaN.
+    """
+
+    def __init__(self, matrix: torch.Tensor, center: torch.Tensor | None = None, *, overwrite: bool = False):
+        if center is None:
+            center = matrix[0].clone() if overwrite else matrix[0]
+        self.matrix, self.center, self.overwritten = matrix, center, overwrite
+        if overwrite:
+            matrix.sub_(center)
+
+    def gram(self) -> torch.Tensor:
+        """(X - c)(X - c)^T, (n, n) float64."""
+        matrix = self.matrix
+        if self.overwritten:
+            gram = (matrix @ matrix.T).double()
+        else:
+            n = matrix.shape[0]
+            gram = torch.zeros(n, n, dtype=torch.float64, device=matrix.device)
+            for chunk in self._chunks():
+                gram += chunk @ chunk.T
+        far = ~torch.isfinite(gram.diagonal())
+        gram.masked_fill_(far.unsqueeze(0) | far.unsqueeze(1), 0.0)
+        gram.diagonal().masked_fill_(far, math.inf)
+        return gram
+
+    def sq_norms(self) -> torch.Tensor:
+        """||x_i - c||^2, (n,) float64; the diagonal of `gram` without the rest."""
+        if self.overwritten:
+            sq_norms = torch.linalg.vector_norm(self.matrix, dim=1).double().square_()
+        else:
+            sq_norms = torch.zeros(self.matrix.shape[0], dtype=torch.float64, device=self.matrix.device)
+            for chunk in self._chunks():
+                sq_norms += torch.linalg.vector_norm(chunk, dim=1).double().square_()
+        return sq_norms.nan_to_num_(nan=math.inf)
+
+    def combine(self, coeffs: torch.Tensor) -> torch.Tensor:
+        """c + sum_i coeffs_i (x_i - c), a new (d,) vector: one pass over the matrix (a GEMV)."""
+        weights = coeffs.to(self.matrix.dtype)
+        out = weights @ self.matrix
+        if self.overwritten:
+            return out.add_(self.center)
+        return out.addcmul_(self.center, (1.0 - coeffs.sum()).to(self.matrix.dtype))
+
+    def rows(self, index: torch.Tensor) -> torch.Tensor:
+        """The models at `index` (a tensor of row indices), (k, d)."""
+        picked = self.matrix.index_select(0, index)
+        return picked.add_(self.center) if self.overwritten else picked
+
+    def _chunks(self) -> Iterator[torch.Tensor]:
+        matrix, center = self.matrix, self.center
+        n, d = matrix.shape
+        width = next(column_chunks(n, d, matrix.device), slice(0, 0)).stop
+        buffer = torch.empty(n, width, dtype=matrix.dtype, device=matrix.device)
+        for cols in column_chunks(n, d, matrix.device):
+            chunk = buffer[:, : cols.stop - cols.start]
+            torch.sub(matrix[:, cols], center[cols], out=chunk)
+            yield chunk
+
+
 def centered_gram(
     matrix: torch.Tensor, center: torch.Tensor | None = None, *, diagonal_only: bool = False
 ) -> torch.Tensor:
-    """(X - c)(X - c)^T as an (n, n) float64 matrix, or only its diagonal (n,) squared norms.
+    """(X - c)(X - c)^T as an (n, n) float64 matrix, or only its diagonal; `matrix` is left as it is.
 
     `center` (d,) defaults to the first row. The result does not depend on the choice mathematically;
-    numerically a center close to the models (the node's own model) is best.
-
-    A row too far from the centre for float32 (a Byzantine model with entries beyond ~1e19, finite
-    but with squares that overflow) gets +inf on the diagonal and 0 elsewhere in its row and column,
-    so that it is infinitely far from every other row and cannot turn the n x n math into NaN.
+    numerically a center close to the models (the node's own model) is best. Rows too far to measure
+    in float32 are infinitely far (see `Centred`).
     """
-    n, d = matrix.shape
-    if center is None:
-        center = matrix[0]
-    shape = (n,) if diagonal_only else (n, n)
-    gram = torch.zeros(shape, dtype=torch.float64, device=matrix.device)
-    width = next(column_chunks(n, d, matrix.device), slice(0, 0)).stop
-    buffer = torch.empty(n, width, dtype=matrix.dtype, device=matrix.device)
-    for cols in column_chunks(n, d, matrix.device):
-        chunk = buffer[:, : cols.stop - cols.start]
-        torch.sub(matrix[:, cols], center[cols], out=chunk)
-        if diagonal_only:
-            gram += torch.linalg.vector_norm(chunk, dim=1).double().square_()
-        else:
-            gram += chunk @ chunk.T
-    if diagonal_only:
-        return gram.nan_to_num_(nan=math.inf)
-    far = ~torch.isfinite(gram.diagonal())
-    gram.masked_fill_(far.unsqueeze(0) | far.unsqueeze(1), 0.0)
-    gram.diagonal().masked_fill_(far, math.inf)
-    return gram
+    centred = Centred(matrix, center)
+    return centred.sq_norms() if diagonal_only else centred.gram()
 
 
 def pairwise_sq_distances(matrix: torch.Tensor, center: torch.Tensor | None = None) -> torch.Tensor:
     """Squared Euclidean distances between the rows of `matrix`, (n, n) float64, from one Gram matrix.
 
     Negative values from rounding are clamped to 0 and the diagonal is exactly 0; a row too far to
-    measure in float32 (see `centered_gram`) is at +inf from the others.
+    measure in float32 (see `Centred`) is at +inf from the others.
     """
     return sq_distances_from_gram(centered_gram(matrix, center))
 
@@ -93,7 +141,7 @@ def sq_distances_from_gram(gram: torch.Tensor) -> torch.Tensor:
 
 
 def split_far(gram: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The Gram matrix from `centered_gram` with the rows too far to measure zeroed, and their mask."""
+    """The Gram matrix of `Centred.gram` with the rows too far to measure zeroed, and their mask."""
     far = torch.isinf(gram.diagonal())
     return gram.masked_fill(far.unsqueeze(0) | far.unsqueeze(1), 0.0), far
 
@@ -106,20 +154,6 @@ def sq_distances_to_combination(gram: torch.Tensor, far: torch.Tensor, coeffs: t
     gram_coeffs = gram @ coeffs
     distances = (gram.diagonal() - 2.0 * gram_coeffs + coeffs @ gram_coeffs).clamp_min_(0.0)
     return distances.masked_fill_(far, math.inf)
-
-
-def affine_combination(
-    matrix: torch.Tensor, coeffs: torch.Tensor, center: torch.Tensor | None = None
-) -> torch.Tensor:
-    """c + sum_i coeffs_i (x_i - c) = coeffs @ X + (1 - sum(coeffs)) c, as a new (d,) vector.
-
-    One pass over the matrix (a GEMV); `center` may be left out when the coefficients sum to 1.
-    """
-    weights = coeffs.to(matrix.dtype)
-    out = weights @ matrix
-    if center is not None:
-        out.addcmul_(center, (1.0 - coeffs.sum()).to(matrix.dtype))
-    return out
 
 
 def clip_factors(distances: torch.Tensor, tau: torch.Tensor | float) -> torch.Tensor:

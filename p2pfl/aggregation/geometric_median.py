@@ -19,9 +19,8 @@ import torch
 
 from p2pfl.aggregation.base import Aggregator, Contribution, stack
 from p2pfl.aggregation.distances import (
-    affine_combination,
+    Centred,
     bool_param,
-    centered_gram,
     int_param,
     participants,
     positive_param,
@@ -51,12 +50,16 @@ def weiszfeld_coefficients(gram: torch.Tensor, *, iterations: int, eps: float) -
 
 
 def geometric_median(
-    matrix: torch.Tensor, center: torch.Tensor | None = None, *, iterations: int = 100, eps: float = 1e-6
+    matrix: torch.Tensor,
+    center: torch.Tensor | None = None,
+    *,
+    iterations: int = 100,
+    eps: float = 1e-6,
+    overwrite: bool = False,
 ) -> torch.Tensor:
-    """The smoothed geometric median of the rows of `matrix`, (d,); `center` as in `centered_gram`."""
-    gram = centered_gram(matrix, center)
-    coeffs = weiszfeld_coefficients(gram, iterations=iterations, eps=eps)
-    return affine_combination(matrix, coeffs, matrix[0] if center is None else center)
+    """The smoothed geometric median of the rows of `matrix`, (d,); `center`, `overwrite` as in `Centred`."""
+    centred = Centred(matrix, center, overwrite=overwrite)
+    return centred.combine(weiszfeld_coefficients(centred.gram(), iterations=iterations, eps=eps))
 
 
 class GeometricMedian(Aggregator):
@@ -77,5 +80,7 @@ class GeometricMedian(Aggregator):
 
     def aggregate(self, own: Contribution, received: Sequence[Contribution]) -> ModelState:
         matrix, _ = stack(participants(own, received, self.include_own))
-        merged = geometric_median(matrix, own.state.flat, iterations=self.iterations, eps=self.eps)
+        merged = geometric_median(
+            matrix, own.state.flat, iterations=self.iterations, eps=self.eps, overwrite=True
+        )
         return own.state.with_flat(merged)

@@ -18,15 +18,15 @@ import torch
 
 from p2pfl.aggregation.base import Aggregator, Contribution, stack
 from p2pfl.aggregation.distances import (
-    affine_combination,
+    Centred,
     bool_param,
     int_param,
-    pairwise_sq_distances,
     participants,
+    sq_distances_from_gram,
 )
 from p2pfl.model_state import ModelState
 
-__all__ = ["Krum", "MultiKrum", "krum_scores", "multi_krum_choice"]
+__all__ = ["Krum", "MultiKrum", "krum", "krum_scores", "multi_krum", "multi_krum_choice"]
 
 
 def krum_scores(sq_distances: torch.Tensor, f: int) -> torch.Tensor:
@@ -46,6 +46,36 @@ def krum_scores(sq_distances: torch.Tensor, f: int) -> torch.Tensor:
 def multi_krum_choice(scores: torch.Tensor, m: int) -> torch.Tensor:
     """Indices of the `m` lowest scores (all of them if fewer), on the scores' device."""
     return torch.topk(scores, min(m, scores.shape[0]), largest=False, sorted=False).indices
+
+
+def multi_krum(
+    matrix: torch.Tensor,
+    f: int,
+    m: int | None = None,
+    center: torch.Tensor | None = None,
+    *,
+    overwrite: bool = False,
+) -> torch.Tensor:
+    """The mean of the `m` rows (default n - f) with the lowest Krum scores, (d,).
+
+    `center` and `overwrite` as in `Centred`.
+    """
+    centred = Centred(matrix, center, overwrite=overwrite)
+    n = matrix.shape[0]
+    chosen = multi_krum_choice(
+        krum_scores(sq_distances_from_gram(centred.gram()), f), max(n - f, 1) if m is None else m
+    )
+    coeffs = torch.zeros(n, dtype=torch.float64, device=matrix.device)
+    return centred.combine(coeffs.index_fill_(0, chosen, 1.0 / chosen.numel()))
+
+
+def krum(
+    matrix: torch.Tensor, f: int, center: torch.Tensor | None = None, *, overwrite: bool = False
+) -> torch.Tensor:
+    """The row with the lowest Krum score, (d,); `center` and `overwrite` as in `Centred`."""
+    centred = Centred(matrix, center, overwrite=overwrite)
+    scores = krum_scores(sq_distances_from_gram(centred.gram()), f)
+    return centred.rows(multi_krum_choice(scores, 1)).squeeze(0)
 
 
 class MultiKrum(Aggregator):
@@ -72,15 +102,7 @@ class MultiKrum(Aggregator):
 
     def aggregate(self, own: Contribution, received: Sequence[Contribution]) -> ModelState:
         matrix, _ = stack(participants(own, received, self.include_own))
-        scores = krum_scores(pairwise_sq_distances(matrix, own.state.flat), self.f)
-        n = matrix.shape[0]
-        chosen = multi_krum_choice(scores, self.m if self.m is not None else max(n - self.f, 1))
-        return own.state.with_flat(self._merge(matrix, chosen))
-
-    def _merge(self, matrix: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
-        coeffs = torch.zeros(matrix.shape[0], dtype=torch.float64, device=matrix.device)
-        coeffs.index_fill_(0, chosen, 1.0 / chosen.numel())
-        return affine_combination(matrix, coeffs)
+        return own.state.with_flat(multi_krum(matrix, self.f, self.m, own.state.flat, overwrite=True))
 
     def select(self, own: Contribution, received: Sequence[Contribution]) -> list[Contribution]:
         voters = participants(own, received, self.include_own)
@@ -88,7 +110,8 @@ class MultiKrum(Aggregator):
         if not candidates:
             return []
         matrix, _ = stack(voters)
-        scores = krum_scores(pairwise_sq_distances(matrix, own.state.flat), self.f)
+        gram = Centred(matrix, own.state.flat, overwrite=True).gram()
+        scores = krum_scores(sq_distances_from_gram(gram), self.f)
         offset = len(voters) - len(candidates)
         default = max(len(candidates) - self.f, 1)
         chosen = multi_krum_choice(scores[offset:], self.m if self.m is not None else default)
@@ -97,7 +120,7 @@ class MultiKrum(Aggregator):
 
 
 class Krum(MultiKrum):
-    """The single model with the lowest Krum score (Blanchard et al. 2017), returned as it is.
+    """The single model with the lowest Krum score (Blanchard et al. 2017).
 
     Participation, reference and weights as in `MultiKrum`; as a selector it keeps one received model.
     """
@@ -107,5 +130,6 @@ class Krum(MultiKrum):
     def __init__(self, *, f: int, include_own: bool = True) -> None:
         super().__init__(f=f, m=1, include_own=include_own)
 
-    def _merge(self, matrix: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
-        return matrix.index_select(0, chosen).squeeze(0)
+    def aggregate(self, own: Contribution, received: Sequence[Contribution]) -> ModelState:
+        matrix, _ = stack(participants(own, received, self.include_own))
+        return own.state.with_flat(krum(matrix, self.f, own.state.flat, overwrite=True))

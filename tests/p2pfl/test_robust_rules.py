@@ -28,7 +28,7 @@ from p2pfl.aggregation import median as median_module
 from p2pfl.aggregation.clipping import centered_clipping, clipped_gossip
 from p2pfl.aggregation.distances import centered_gram, pairwise_sq_distances
 from p2pfl.aggregation.geometric_median import geometric_median
-from p2pfl.aggregation.krum import krum_scores
+from p2pfl.aggregation.krum import krum, krum_scores, multi_krum
 from p2pfl.aggregation.median import BitonicNetwork, coordinate_median, trimmed_mean
 from p2pfl.aggregation.registry import AGGREGATORS, build_aggregator
 from p2pfl.errors import ConfigError
@@ -94,7 +94,7 @@ def flat_w(state: ModelState) -> torch.Tensor:
 
 @pytest.mark.parametrize("shift", [0.0, 100.0])
 def test_pairwise_sq_distances_match_cdist(shift, monkeypatch):
-    monkeypatch.setitem(distances_module._CHUNK_ELEMENTS, "cpu", 64)  # many column chunks
+    monkeypatch.setitem(distances_module._CHUNK_ELEMENTS, "cpu", 512)  # many column chunks
     gen = torch.Generator().manual_seed(0)
     matrix = torch.randn(7, 1001, generator=gen) * 0.01 + shift  # close models, large norms
     expected = torch.cdist(matrix.double(), matrix.double()) ** 2
@@ -175,6 +175,32 @@ def test_median_over_many_column_blocks(monkeypatch, max_rows):
     torch.testing.assert_close(trimmed_mean(matrix, 2), ordered[2:7].mean(0))
 
 
+def test_overwriting_the_matrix_gives_the_same_results():
+    """The rules centre their own stacked matrix in place; the functions leave a caller's alone."""
+    gen = torch.Generator().manual_seed(11)
+    matrix = torch.randn(9, 301, generator=gen) + 5.0
+    matrix[7:] += 50.0
+    center = matrix[0].clone()
+    weights = torch.full((9,), 0.1)
+    cases = [
+        lambda m, o: krum(m, 2, center, overwrite=o),
+        lambda m, o: multi_krum(m, 2, None, center, overwrite=o),
+        lambda m, o: multi_krum(m, 2, 3, None, overwrite=o),
+        lambda m, o: geometric_median(m, center, iterations=20, overwrite=o),
+        lambda m, o: geometric_median(m, None, iterations=20, overwrite=o),
+        lambda m, o: centered_clipping(m, center, tau=1.0, iterations=1, overwrite=o),
+        lambda m, o: centered_clipping(m, center, tau=1.0, iterations=3, overwrite=o),
+        lambda m, o: clipped_gossip(m, center, weights, k=3, overwrite=o),
+    ]
+    for case in cases:
+        kept = matrix.clone()
+        expected = case(kept, False)
+        assert torch.equal(kept, matrix)
+        scratch = matrix.clone()
+        torch.testing.assert_close(case(scratch, True), expected, rtol=1e-5, atol=1e-5)
+        assert not torch.equal(scratch, matrix)
+
+
 # --- every rule: symmetric, and the identity on identical inputs ----------------------------------------
 
 
@@ -192,7 +218,7 @@ def test_every_rule_ignores_the_order_of_received_models(name, n, seed, rnd):
     torch.testing.assert_close(first, second, rtol=1e-5, atol=1e-5)
 
 
-@settings(max_examples=15, deadline=None)
+@settings(max_examples=10, deadline=None)
 @given(st.integers(2, 12), st.integers(0, 2**31 - 1))
 def test_the_math_is_symmetric_in_the_rows(n, seed):
     """Below the canonical order of `participants`: permuting the rows permutes nothing in the result."""
@@ -295,7 +321,7 @@ def test_krum_picks_an_honest_model_when_the_outliers_are_far(seed):
     good, evil = outlier_setup(seed)
     own = Contribution("own", state_of(good[0]))
     out = flat_w(Krum(f=3).aggregate(own, contributions(torch.cat([good[1:], evil]))))
-    assert any(torch.equal(out, row) for row in good)
+    assert torch.linalg.vector_norm(good - out, dim=1).min() < 1e-5  # one of them, up to rounding
     # Multi-Krum with m = n - f averages exactly the honest ones
     multi = flat_w(MultiKrum(f=3).aggregate(own, contributions(torch.cat([good[1:], evil]))))
     torch.testing.assert_close(multi, good.mean(0), rtol=1e-5, atol=1e-5)
@@ -466,7 +492,7 @@ def test_models_too_large_for_float32_squares_neither_win_nor_poison(name, huge)
 
 
 def test_every_rule_is_registered_and_builds():
-    assert set(GOOD_PARAMS) == set(AGGREGATORS)
+    assert set(GOOD_PARAMS) <= set(AGGREGATORS)  # other rules (wrappers, Bristle) have their own tests
     for name, params in GOOD_PARAMS.items():
         assert isinstance(build_aggregator(name, **params), AGGREGATORS[name])
 
