@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -81,3 +86,72 @@ def node_settings(
 
 def node_config(data_dir: Path, **kwargs: Any) -> NodeConfig:
     return parse_config(node_settings(data_dir, **kwargs))
+
+
+# --- real daemons, as subprocesses -------------------------------------------------------------------
+
+_SCRIPT = Path(sys.executable).with_name("p2pfl")
+P2PFL = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-c", "from p2pfl.cli import main; main()"]
+
+
+class Daemon:
+    """One `p2pfl node run` process: node`index`.toml, data dir node`index`, log node`index`.log."""
+
+    def __init__(self, root: Path, index: int) -> None:
+        self.index = index
+        self.data_dir = root / f"node{index}"
+        self.config = root / f"node{index}.toml"
+        self.log = root / f"node{index}.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        with self.log.open("a") as log:
+            self.proc = subprocess.Popen(
+                [*P2PFL, "node", "run", "--config", str(self.config)], stdout=log, stderr=subprocess.STDOUT
+            )
+
+    def info(self, deadline: float) -> dict:
+        """status.json of the running process (the listen addresses and status URL it chose)."""
+        assert self.proc is not None
+        path = self.data_dir / "status.json"
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, f"node {self.index} exited early:\n{self.tail()}"
+            try:
+                info = json.loads(path.read_text())
+                if info.get("pid") == self.proc.pid:
+                    return info
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"node {self.index} wrote no status.json in time:\n{self.tail()}")
+
+    def status(self) -> dict:
+        url = json.loads((self.data_dir / "status.json").read_text())["url"]
+        with urllib.request.urlopen(url + "/status", timeout=5) as response:
+            return json.loads(response.read())
+
+    def tail(self, lines: int = 30) -> str:
+        return "\n".join(self.log.read_text().splitlines()[-lines:]) if self.log.exists() else "(no log)"
+
+    def kill(self) -> None:
+        """SIGKILL the process if it still runs, and reap it (fixtures' cleanup)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+
+def stop_daemons(daemons: list[Daemon], within: float = 15.0) -> dict[int, float]:
+    """SIGTERM each, then the seconds each took to exit (missing if it did not within `within` s)."""
+    sent = {}
+    for daemon in daemons:
+        assert daemon.proc is not None
+        sent[daemon.index] = time.monotonic()
+        daemon.proc.send_signal(signal.SIGTERM)
+    took: dict[int, float] = {}
+    deadline = time.monotonic() + within
+    while len(took) < len(daemons) and time.monotonic() < deadline:
+        for daemon in daemons:
+            if daemon.index not in took and daemon.proc.poll() is not None:
+                took[daemon.index] = time.monotonic() - sent[daemon.index]
+        time.sleep(0.02)
+    return took
