@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
@@ -27,19 +27,24 @@ from gossip.gossip_learning import GossipLearning
 from gossip.modest import Modest
 from gossip.modest_settings import ModestSettings
 from gossip.protocol import RoundProtocol
+from p2pfl.aggregation.base import Aggregator, Contribution
+from p2pfl.aggregation.bristle import Bristle
 from p2pfl.aggregation.registry import build_aggregator
 from p2pfl.attacks import Attack, LabelFlip, build_attack, choose_byzantine
 from p2pfl.compute import VirtualCompute
 from p2pfl.datasets import dirichlet_split, iid_split, labels_of, take
 from p2pfl.errors import ConfigError
 from p2pfl.learner import Learner
+from p2pfl.model_state import ModelState
 from p2pfl.node import Node, RoundRecord
+from p2pfl.transfer import KeepLocal
 from simulations.churn import ChurnEvent, PlannedEvent, plan_churn
 from simulations.results import ConsensusTracker, EmulationResult, summarise_nodes, summarise_rounds
 from simulations.seeds import derive_seed
 from simulations.synthetic import synthetic_task
 from simulations.task import Task, digits_task
 from simulations.topology import build_topology, load_topology
+from simulations.transfer_task import TransferParams, TransferTask, digits_transfer_task
 from transport.links import LinkParams
 from transport.memory import MemoryNetwork, open_memory_network
 
@@ -50,6 +55,7 @@ if TYPE_CHECKING:
 (_TOPOLOGY, _SPLIT, _BATCHES, _PROTOCOL, _INIT, _CHURN, _SCHEDULER, _BYZANTINE, _ATTACK, _NETWORK, _SPEED) = (
     range(11)
 )
+_AGGREGATION = 11
 
 PROTOCOLS = ("gossip", "dpsgd", "modest", "fl")
 # Protocols driven by events rather than a clock: their run ends when the last round is recorded.
@@ -58,6 +64,7 @@ _MODEST_PARAMS = frozenset(f.name for f in fields(ModestSettings)) | {"join_fano
 _FL_PARAMS = frozenset({"s", "round_timeout"})
 _FL_SERVER = 0  # node index of the FL baseline's server
 _NUM_CLASSES = 10  # of the digits task; label_flip's default
+_BRISTLE_PARAMS = ("closest", "random_others", "shared_classes")
 
 
 @dataclass(frozen=True)
@@ -71,8 +78,14 @@ class EmulationConfig:
     # Clock-driven protocols (gossip, dpsgd): draw a new graph of the same kind every this many
     # rounds (0: never), e.g. a fresh random 4-regular graph per round.
     resample_every: int = 0
-    task: str = "digits"  # or "synthetic": a Gaussian mixture generated per node
-    # synthetic: features, classes, separation, samples_per_node, test_samples_per_class
+    # or "synthetic": a Gaussian mixture generated per node; or "digits_transfer": Bristle's setting
+    # (simulations/transfer_task.py), digits through a frozen pre-trained extractor, each node training
+    # only an output layer on its own classes (needs partition "classes"). In it, Byzantine nodes
+    # train every class on data of all classes and never merge (they keep their own model), and
+    # honest nodes keep their bias local whatever the aggregation.
+    task: str = "digits"
+    # synthetic: features, classes, separation, samples_per_node, test_samples_per_class;
+    # digits_transfer: the fields of simulations.transfer_task.TransferParams
     task_params: dict[str, Any] = field(default_factory=dict)
     protocol: str = "gossip"  # gossip, dpsgd, modest or fl
     # modest: ModestSettings fields (s, a, sf, ping_timeout, ping_interval, inactivity_threshold,
@@ -88,6 +101,8 @@ class EmulationConfig:
     # Intra-op threads for torch during the run. Nodes' models are small: with more threads torch
     # spends its time handing tiny kernels around (measured 20x slower on a busy 2-core machine).
     torch_threads: int = 1
+    # A rule of p2pfl.aggregation.registry, or "bristle" (task digits_transfer only; params closest,
+    # random_others, shared_classes; built per node on its local test set and classes).
     aggregation: str = "fedavg"
     aggregation_params: dict[str, object] = field(default_factory=dict)
     init: str = "shared"  # or "independent": every node draws its own initial weights
@@ -96,8 +111,9 @@ class EmulationConfig:
     xavier: bool = False
     evaluate_every: int = 1
     rounds: int = 40
-    partition: str = "iid"
+    partition: str = "iid"  # iid, dirichlet (alpha) or classes (classes_per_node; digits_transfer)
     alpha: float = 0.5
+    classes_per_node: int = 4  # partition "classes": the r-th honest node has classes r, r+1, ... mod 10
     local_steps: int = 10
     batch_size: int = 16
     lr: float = 0.2
@@ -127,8 +143,8 @@ class EmulationConfig:
             raise ConfigError(f"init must be 'shared' or 'independent', got {self.init!r}")
         if self.evaluate_every < 1 or self.rounds % self.evaluate_every:
             raise ConfigError(f"evaluate_every must be >= 1 and divide rounds, got {self.evaluate_every}")
-        if self.partition not in ("iid", "dirichlet"):
-            raise ConfigError(f"partition must be 'iid' or 'dirichlet', got {self.partition!r}")
+        if self.partition not in ("iid", "dirichlet", "classes"):
+            raise ConfigError(f"partition must be 'iid', 'dirichlet' or 'classes', got {self.partition!r}")
         if self.partition == "dirichlet" and not self.alpha > 0:
             raise ConfigError(f"alpha must be > 0, got {self.alpha}")
         for name in ("local_steps", "batch_size", "fanout"):
@@ -145,8 +161,9 @@ class EmulationConfig:
         if self.speed_sigma < 0:
             raise ConfigError(f"speed_sigma must be >= 0, got {self.speed_sigma}")
 
-        if self.task not in ("digits", "synthetic"):
-            raise ConfigError(f"task must be 'digits' or 'synthetic', got {self.task!r}")
+        if self.task not in ("digits", "synthetic", "digits_transfer"):
+            raise ConfigError(f"task must be 'digits', 'synthetic' or 'digits_transfer', got {self.task!r}")
+        _check_transfer(self)
         if self.task == "digits" and self.task_params:
             raise ConfigError(f"task_params: the digits task takes none, got {sorted(self.task_params)}")
         if self.task == "synthetic":
@@ -334,11 +351,16 @@ class _Emulation:
         for i, transport in enumerate(transports):
             init_seed = derive_seed(config.seed, _INIT, i if config.init == "independent" else 0)
             attack = _build_attack(config) if i in self.byzantine else None
-            train = self._local_data(i)
+            model = task.make_model(seed=init_seed)
+            if isinstance(task, TransferTask):
+                train, aggregator = self._transfer_node(i, model)
+            else:
+                train = self._local_data(i)
+                aggregator = build_aggregator(config.aggregation, **config.aggregation_params)
             if isinstance(attack, LabelFlip):
                 train, attack = attack.apply(train), None  # data poisoning: it then trains honestly
             learner = Learner(
-                task.make_model(seed=init_seed),
+                model,
                 train,
                 task.test,
                 batch_size=config.batch_size,
@@ -350,7 +372,7 @@ class _Emulation:
                     transport,
                     learner,
                     protocol=self._protocol(i),
-                    aggregator=build_aggregator(config.aggregation, **config.aggregation_params),
+                    aggregator=aggregator,
                     local_steps=config.local_steps,
                     evaluate_every=config.evaluate_every,
                     compute=VirtualCompute(config.seconds_per_step / self.speeds[i]),
@@ -360,6 +382,26 @@ class _Emulation:
                 )
             )
             self.scopes.append(trio.CancelScope())
+
+    def _transfer_node(self, index: int, model: torch.nn.Module) -> tuple[Dataset, Aggregator]:
+        """digits_transfer: the node's data (by its rank among the honest nodes) and aggregator; its
+        model (a `MaskedLinear`) is told which classes it trains."""
+        config, task = self.config, self.task
+        assert isinstance(task, TransferTask)
+        rng = np.random.default_rng(derive_seed(config.seed, _SPLIT, index))
+        if index in self.byzantine:
+            data = task.node_data(rank=None, classes_per_node=config.classes_per_node, rng=rng)
+            return data.train, _KeepOwn()
+        rank = sum(1 for j in range(index) if j not in self.byzantine)
+        data = task.node_data(rank=rank, classes_per_node=config.classes_per_node, rng=rng)
+        model.train_only(data.classes)
+        if config.aggregation == "bristle":
+            assert data.local_test is not None and data.classes is not None
+            features, labels = data.local_test.tensors
+            seed = derive_seed(config.seed, _AGGREGATION, index)
+            return data.train, _build_bristle(config, features, labels, data.classes, seed=seed)
+        rule = build_aggregator(config.aggregation, **config.aggregation_params)
+        return data.train, KeepLocal(rule, ("bias",))
 
     def _local_data(self, index: int) -> Dataset:
         if self.task.local_data is not None:
@@ -500,6 +542,8 @@ def _links(graph: nx.Graph, peer_of: dict[Any, str]) -> list[tuple[str, str, dic
 
 
 def _make_task(config: EmulationConfig) -> Task:
+    if config.task == "digits_transfer":
+        return digits_transfer_task(seed=config.seed, params=TransferParams.parse(config.task_params))
     model = dict(hidden=config.hidden, activation=config.activation, xavier=config.xavier)
     if config.task == "digits":
         return digits_task(seed=config.seed, **model)
@@ -508,6 +552,64 @@ def _make_task(config: EmulationConfig) -> Task:
         return synthetic_task(seed=config.seed, alpha=alpha, **model, **config.task_params)
     except TypeError as exc:
         raise ConfigError(f"task_params: {exc}") from exc
+
+
+def _check_transfer(config: EmulationConfig) -> None:
+    """The digits_transfer task, the classes partition and bristle only go together."""
+    transfer = config.task == "digits_transfer"
+    if transfer:
+        params = TransferParams.parse(config.task_params)
+        if config.partition != "classes":
+            raise ConfigError(f"partition: task 'digits_transfer' needs 'classes', got {config.partition!r}")
+    elif config.partition == "classes":
+        raise ConfigError(f"partition 'classes' needs task 'digits_transfer', got task {config.task!r}")
+    per_node = config.classes_per_node
+    if isinstance(per_node, bool) or not isinstance(per_node, int) or not 1 <= per_node <= _NUM_CLASSES:
+        raise ConfigError(f"classes_per_node must be an integer in [1, {_NUM_CLASSES}], got {per_node!r}")
+    if config.aggregation == "bristle":
+        if not transfer:
+            raise ConfigError(f"aggregation 'bristle' needs task 'digits_transfer', got task {config.task!r}")
+        if params.local_test_per_class < 1:
+            raise ConfigError("aggregation 'bristle' needs task_params.local_test_per_class >= 1")
+        _build_bristle(config, torch.zeros(1, 1), torch.zeros(1, dtype=torch.int64), (0,), seed=0)
+
+
+def _build_bristle(
+    config: EmulationConfig,
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    classes: tuple[int, ...],
+    *,
+    seed: int,
+) -> Bristle:
+    """A node's Bristle on its local test set and own classes, on `MaskedLinear`'s weight (classes x
+    features, hence transposed) with its own bias."""
+    params = dict(config.aggregation_params)
+    if unknown := sorted(set(params) - set(_BRISTLE_PARAMS)):
+        raise ConfigError(
+            f"aggregation_params: {unknown} not accepted by aggregation 'bristle'; "
+            f"it accepts {sorted(_BRISTLE_PARAMS)}"
+        )
+    try:
+        return Bristle(
+            test_features=features,
+            test_labels=labels,
+            classes=classes,
+            weight_name="weight",
+            bias_name="bias",
+            transposed=True,
+            seed=seed,
+            **params,
+        )
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"aggregation_params: {exc}") from exc
+
+
+class _KeepOwn(Aggregator):
+    """Merges nothing: a digits_transfer Byzantine node keeps its own model."""
+
+    def aggregate(self, own: Contribution, received: Sequence[Contribution]) -> ModelState:
+        return own.state
 
 
 def _graph(config: EmulationConfig, round: int) -> nx.Graph:
