@@ -1,7 +1,8 @@
 """The emulator: real nodes on networkx topologies, in virtual time."""
 
 from simulations.churn import ChurnEvent
-from simulations.emulator import EmulationConfig, run_emulation
+from simulations.config import EmulationConfig
+from simulations.emulator import run_emulation
 from simulations.results import EmulationResult, NodeSummary, RoundSummary
 from simulations.task import Task, digits_task
 from simulations.topology import build_topology

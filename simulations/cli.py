@@ -8,7 +8,8 @@ from pathlib import Path
 import click
 
 from p2pfl.errors import ConfigError
-from simulations.emulator import EmulationConfig, run_emulation
+from simulations.config import EmulationConfig
+from simulations.emulator import run_emulation
 from simulations.report import ProgressBar, write_csv
 from simulations.results import EmulationResult
 from simulations.scenario import ScenarioResult, load_scenario

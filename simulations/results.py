@@ -21,7 +21,7 @@ from simulations.churn import PlannedEvent
 from transport.memory import MemoryNetwork
 
 if TYPE_CHECKING:
-    from simulations.emulator import EmulationConfig
+    from simulations.config import EmulationConfig
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,8 @@ from typing import Any
 from pydantic import ConfigDict, TypeAdapter, ValidationError, with_config
 
 from p2pfl.errors import ConfigError
-from simulations.emulator import EmulationConfig, run_emulation
+from simulations.config import EmulationConfig
+from simulations.emulator import run_emulation
 from simulations.results import EmulationResult
 
 

@@ -12,7 +12,8 @@ from p2pfl.errors import ConfigError
 from p2pfl.model_state import ModelState
 from p2pfl.transfer import KeepLocal, MaskedLinear
 from simulations import EmulationConfig, run_emulation
-from simulations.emulator import _Emulation, _graph, _make_task
+from simulations.config import make_task
+from simulations.emulator import _Emulation, _graph
 from simulations.scenario import load_scenario
 from transport.memory import open_memory_network
 
@@ -32,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def _built(config: EmulationConfig) -> _Emulation:
     """An emulation with its nodes built (not run)."""
-    emulation = _Emulation(config, _make_task(config), _graph(config, 0), frozenset(), [], None)
+    emulation = _Emulation(config, make_task(config), _graph(config, 0), frozenset(), [], None)
 
     async def build() -> None:
         async with open_memory_network(latency=0.0) as network:
@@ -136,7 +137,7 @@ def test_invalid_transfer_settings_name_the_field(overrides, message):
 
 def test_too_many_samples_per_class_is_a_config_error():
     with pytest.raises(ConfigError, match="train_per_class"):
-        _make_task(EmulationConfig(**BASE, nodes=4, task_params={"train_per_class": 500}))
+        make_task(EmulationConfig(**BASE, nodes=4, task_params={"train_per_class": 500}))
 
 
 def test_the_bristle_scenario_file_loads_with_exact_attacker_counts():
@@ -144,7 +145,7 @@ def test_the_bristle_scenario_file_loads_with_exact_attacker_counts():
     counts = {}
     for variant in scenario.variants:
         emulation = _Emulation(
-            variant.config, _make_task(variant.config), _graph(variant.config, 0), frozenset(), [], None
+            variant.config, make_task(variant.config), _graph(variant.config, 0), frozenset(), [], None
         )
         counts[variant.name] = (len(emulation.byzantine), variant.config.nodes)
     assert {v for v in counts.values()} == {(0, 20), (10, 30), (30, 50)}

@@ -8,7 +8,8 @@ from click.testing import CliRunner
 
 from p2pfl.cli import main
 from simulations.churn import PlannedEvent
-from simulations.emulator import EmulationConfig, run_emulation
+from simulations.config import EmulationConfig
+from simulations.emulator import run_emulation
 from simulations.plots import plot_accuracy, plot_topology, write_plots
 from simulations.report import (
     NODE_COLUMNS,

@@ -1,0 +1,258 @@
+"""What an emulated run is: `EmulationConfig`, every field validated, and the builders it implies.
+
+Scenario files are validated against this one class (simulations/scenario.py), so a bad field fails
+the same way from Python and from TOML: a `ConfigError` naming it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import torch
+
+from gossip.federated import FederatedLearning
+from gossip.modest_settings import ModestSettings
+from p2pfl.aggregation.bristle import Bristle
+from p2pfl.attacks import Attack, build_attack
+from p2pfl.errors import ConfigError
+from simulations.churn import ChurnEvent
+from simulations.synthetic import synthetic_task
+from simulations.task import Task, digits_task
+from simulations.topology import load_topology
+from simulations.transfer_task import TransferParams, digits_transfer_task
+
+PROTOCOLS = ("gossip", "dpsgd", "modest", "fl")
+# Protocols driven by events rather than a clock: their run ends when the last round is recorded.
+EVENT_DRIVEN = ("modest", "fl")
+MODEST_PARAMS = frozenset(f.name for f in fields(ModestSettings)) | {"join_fanout"}
+FL_PARAMS = frozenset({"s", "round_timeout"})
+FL_SERVER = 0  # node index of the FL baseline's server
+NUM_CLASSES = 10  # of the digits task; label_flip's default
+BRISTLE_PARAMS = ("closest", "random_others", "shared_classes")
+
+
+@dataclass(frozen=True)
+class EmulationConfig:
+    """One emulated run. Times are virtual seconds."""
+
+    nodes: int = 16
+    topology: str = "random_regular"
+    topology_params: dict[str, int | float] = field(default_factory=dict)
+    topology_file: str | None = None  # a GraphML / GML / edge-list file; `nodes` must match it
+    # Clock-driven protocols (gossip, dpsgd): draw a new graph of the same kind every this many
+    # rounds (0: never), e.g. a fresh random 4-regular graph per round.
+    resample_every: int = 0
+    # or "synthetic": a Gaussian mixture generated per node; or "digits_transfer": Bristle's setting
+    # (simulations/transfer_task.py), digits through a frozen pre-trained extractor, each node training
+    # only an output layer on its own classes (needs partition "classes"). In it, Byzantine nodes
+    # train every class on data of all classes and never merge (they keep their own model), and
+    # honest nodes keep their bias local whatever the aggregation.
+    task: str = "digits"
+    # synthetic: features, classes, separation, samples_per_node, test_samples_per_class;
+    # digits_transfer: the fields of simulations.transfer_task.TransferParams
+    task_params: dict[str, Any] = field(default_factory=dict)
+    protocol: str = "gossip"  # gossip, dpsgd, modest or fl
+    # modest: ModestSettings fields (s, a, sf, ping_timeout, ping_interval, inactivity_threshold,
+    # aggregation_timeout, min_models) and join_fanout; fl: s and round_timeout.
+    protocol_params: dict[str, Any] = field(default_factory=dict)
+    churn: tuple[ChurnEvent, ...] = ()
+    # Byzantine nodes: `byzantine_fraction` of the nodes (picked by seed) run `attack` (a name from
+    # p2pfl.attacks.ATTACKS, with `attack_params`); rows then average honest nodes only.
+    attack: str | None = None
+    attack_params: dict[str, Any] = field(default_factory=dict)
+    byzantine_fraction: float = 0.0
+    stall_timeout: float = 600.0  # stop (and say so) when no round finishes for this long
+    # Intra-op threads for torch during the run. Nodes' models are small: with more threads torch
+    # spends its time handing tiny kernels around (measured 20x slower on a busy 2-core machine).
+    torch_threads: int = 1
+    # A rule of p2pfl.aggregation.registry, or "bristle" (task digits_transfer only; params closest,
+    # random_others, shared_classes; built per node on its local test set and classes).
+    aggregation: str = "fedavg"
+    aggregation_params: dict[str, object] = field(default_factory=dict)
+    init: str = "shared"  # or "independent": every node draws its own initial weights
+    hidden: tuple[int, ...] = (32,)
+    activation: str = "relu"
+    xavier: bool = False
+    evaluate_every: int = 1
+    rounds: int = 40
+    partition: str = "iid"  # iid, dirichlet (alpha) or classes (classes_per_node; digits_transfer)
+    alpha: float = 0.5
+    classes_per_node: int = 4  # partition "classes": the r-th honest node has classes r, r+1, ... mod 10
+    local_steps: int = 10
+    batch_size: int = 16
+    lr: float = 0.2
+    fanout: int = 1
+    period: float = 1.0
+    latency: float = 0.01  # seconds per message, every link (a graph's edge attribute overrides)
+    bandwidth: float | None = None  # bytes/s per link direction, None: unlimited (edge attribute too)
+    loss: float = 0.0  # probability a message vanishes (edge attribute too)
+    # Per-node compute speed: a node's training takes seconds_per_step / speed per step. Speeds are
+    # log-normal with this sigma (0: all 1.0), or a graph's "speed" node attribute.
+    speed_sigma: float = 0.0
+    # Also measure, on evaluated rounds, the consensus distance: mean squared L2 distance of the
+    # honest models that recorded the round to their average (costs a model copy per node).
+    consensus: bool = False
+    record_nodes: bool = False  # put every node's per-round accuracy in its summary
+    seconds_per_step: float = 0.001
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.nodes < 2:
+            raise ConfigError(f"nodes must be >= 2, got {self.nodes}")
+        if self.rounds < 1:
+            raise ConfigError(f"rounds must be >= 1, got {self.rounds}")
+        if self.protocol not in PROTOCOLS:
+            raise ConfigError(f"protocol must be one of {sorted(PROTOCOLS)}, got {self.protocol!r}")
+        if self.init not in ("shared", "independent"):
+            raise ConfigError(f"init must be 'shared' or 'independent', got {self.init!r}")
+        if self.evaluate_every < 1 or self.rounds % self.evaluate_every:
+            raise ConfigError(f"evaluate_every must be >= 1 and divide rounds, got {self.evaluate_every}")
+        if self.partition not in ("iid", "dirichlet", "classes"):
+            raise ConfigError(f"partition must be 'iid', 'dirichlet' or 'classes', got {self.partition!r}")
+        if self.partition == "dirichlet" and not self.alpha > 0:
+            raise ConfigError(f"alpha must be > 0, got {self.alpha}")
+        for name in ("local_steps", "batch_size", "fanout"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ConfigError(f"lr must be > 0, got {self.lr}")
+        if self.latency < 0 or self.seconds_per_step < 0:
+            raise ConfigError("latency and seconds_per_step must be >= 0")
+        if self.bandwidth is not None and not self.bandwidth > 0:
+            raise ConfigError(f"bandwidth must be > 0 bytes/s or None, got {self.bandwidth}")
+        if not 0.0 <= self.loss < 1.0:
+            raise ConfigError(f"loss must be in [0, 1), got {self.loss}")
+        if self.speed_sigma < 0:
+            raise ConfigError(f"speed_sigma must be >= 0, got {self.speed_sigma}")
+
+        if self.task not in ("digits", "synthetic", "digits_transfer"):
+            raise ConfigError(f"task must be 'digits', 'synthetic' or 'digits_transfer', got {self.task!r}")
+        check_transfer(self)
+        if self.task == "digits" and self.task_params:
+            raise ConfigError(f"task_params: the digits task takes none, got {sorted(self.task_params)}")
+        if self.task == "synthetic":
+            make_task(self)  # raises ConfigError on bad task_params
+        if self.resample_every < 0:
+            raise ConfigError(f"resample_every must be >= 0, got {self.resample_every}")
+        if self.resample_every and (self.protocol in EVENT_DRIVEN or self.topology_file):
+            raise ConfigError("resample_every needs a clock-driven protocol and a named topology")
+        if self.topology_file is not None:
+            graph = load_topology(self.topology_file)
+            if graph.number_of_nodes() != self.nodes:
+                raise ConfigError(
+                    f"topology_file {self.topology_file} has {graph.number_of_nodes()} nodes "
+                    f"but nodes is {self.nodes}"
+                )
+        if self.torch_threads < 1:
+            raise ConfigError(f"torch_threads must be >= 1, got {self.torch_threads}")
+        if not self.stall_timeout > 0:
+            raise ConfigError(f"stall_timeout must be > 0, got {self.stall_timeout}")
+        protocol_params(self)  # raises ConfigError on bad params
+        if not 0.0 <= self.byzantine_fraction < 1.0:
+            raise ConfigError(f"byzantine_fraction must be in [0, 1), got {self.byzantine_fraction}")
+        if self.byzantine_fraction and self.attack is None:
+            raise ConfigError("byzantine_fraction > 0 needs an attack")
+        if self.attack is not None:
+            make_attack(self)  # raises ConfigError naming the attack
+        if any(e.action == "join" for e in self.churn) and self.protocol != "modest":
+            raise ConfigError("churn: join is supported with protocol 'modest' only")
+        busy = self.local_steps * self.seconds_per_step + self.latency
+        if self.protocol not in EVENT_DRIVEN and busy >= self.period:
+            raise ConfigError(
+                f"period ({self.period} s) must exceed training time plus latency ({busy:g} s), "
+                "or models would arrive after the round they belong to"
+            )
+
+
+def make_task(config: EmulationConfig) -> Task:
+    if config.task == "digits_transfer":
+        return digits_transfer_task(seed=config.seed, params=TransferParams.parse(config.task_params))
+    model = dict(hidden=config.hidden, activation=config.activation, xavier=config.xavier)
+    if config.task == "digits":
+        return digits_task(seed=config.seed, **model)
+    alpha = config.alpha if config.partition == "dirichlet" else None
+    try:
+        return synthetic_task(seed=config.seed, alpha=alpha, **model, **config.task_params)
+    except TypeError as exc:
+        raise ConfigError(f"task_params: {exc}") from exc
+
+
+def check_transfer(config: EmulationConfig) -> None:
+    """The digits_transfer task, the classes partition and bristle only go together."""
+    transfer = config.task == "digits_transfer"
+    if transfer:
+        params = TransferParams.parse(config.task_params)
+        if config.partition != "classes":
+            raise ConfigError(f"partition: task 'digits_transfer' needs 'classes', got {config.partition!r}")
+    elif config.partition == "classes":
+        raise ConfigError(f"partition 'classes' needs task 'digits_transfer', got task {config.task!r}")
+    per_node = config.classes_per_node
+    if isinstance(per_node, bool) or not isinstance(per_node, int) or not 1 <= per_node <= NUM_CLASSES:
+        raise ConfigError(f"classes_per_node must be an integer in [1, {NUM_CLASSES}], got {per_node!r}")
+    if config.aggregation == "bristle":
+        if not transfer:
+            raise ConfigError(f"aggregation 'bristle' needs task 'digits_transfer', got task {config.task!r}")
+        if params.local_test_per_class < 1:
+            raise ConfigError("aggregation 'bristle' needs task_params.local_test_per_class >= 1")
+        make_bristle(config, torch.zeros(1, 1), torch.zeros(1, dtype=torch.int64), (0,), seed=0)
+
+
+def make_bristle(
+    config: EmulationConfig,
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    classes: tuple[int, ...],
+    *,
+    seed: int,
+) -> Bristle:
+    """A node's Bristle on its local test set and own classes, on `MaskedLinear`'s weight (classes x
+    features, hence transposed) with its own bias."""
+    params = dict(config.aggregation_params)
+    if unknown := sorted(set(params) - set(BRISTLE_PARAMS)):
+        raise ConfigError(
+            f"aggregation_params: {unknown} not accepted by aggregation 'bristle'; "
+            f"it accepts {sorted(BRISTLE_PARAMS)}"
+        )
+    try:
+        return Bristle(
+            test_features=features,
+            test_labels=labels,
+            classes=classes,
+            weight_name="weight",
+            bias_name="bias",
+            transposed=True,
+            seed=seed,
+            **params,
+        )
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"aggregation_params: {exc}") from exc
+
+
+def make_attack(config: EmulationConfig) -> Attack:
+    params = dict(config.attack_params)
+    if config.attack == "label_flip":
+        params.setdefault("num_classes", NUM_CLASSES)
+    return build_attack(config.attack or "", **params)
+
+
+def protocol_params(config: EmulationConfig) -> dict[str, Any]:
+    """`config.protocol_params` checked against the protocol; a fresh dict the caller may consume."""
+    params = dict(config.protocol_params)
+    allowed = {"modest": MODEST_PARAMS, "fl": FL_PARAMS}.get(config.protocol, frozenset())
+    if unknown := sorted(set(params) - allowed):
+        raise ConfigError(
+            f"protocol_params: {unknown} not accepted by protocol {config.protocol!r}; "
+            f"it accepts {sorted(allowed) or 'none'}"
+        )
+    try:
+        if config.protocol == "modest":
+            ModestSettings(**{k: v for k, v in params.items() if k != "join_fanout"})
+            if not isinstance(params.get("join_fanout", 3), int) or params.get("join_fanout", 3) < 1:
+                raise ValueError(f"join_fanout must be an int >= 1, got {params['join_fanout']!r}")
+        elif config.protocol == "fl":
+            clients = tuple(str(i) for i in range(1, config.nodes))
+            FederatedLearning(rounds=config.rounds, server="0", clients=clients, **params)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"protocol_params: {exc}") from exc
+    return params
