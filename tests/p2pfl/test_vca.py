@@ -92,8 +92,10 @@ def test_with_default_eps_the_variance_follows_the_eps_formula(c):
     merged_var = var(plain.tensor("layer.weight"))
     expected = merged_var * (target + eps) / (merged_var + eps)
     assert var(out.tensor("layer.weight")) == pytest.approx(expected, rel=1e-5)
-    # |expected - target| = eps * |Var(merged) - target| / (Var(merged) + eps): order eps here.
-    assert var(out.tensor("layer.weight")) == pytest.approx(target, rel=1e-3, abs=eps * 10)
+    # |expected - target| = eps * |Var(merged) - target| / (Var(merged) + eps): small, but not
+    # always below eps (it grows as Var(merged) shrinks), so check against that bound itself.
+    bound = eps * abs(merged_var - target) / (merged_var + eps)
+    assert abs(var(out.tensor("layer.weight")) - target) <= bound * (1 + 1e-4) + 1e-6 * target
     # biases are left as merged by default
     assert torch.equal(
         out.tensor("layer.bias"),
