@@ -57,6 +57,7 @@ class Learner:
         self._train = _on_device(train_data, self.device)
         self._test = _on_device(test_data, self.device) if test_data is not None else None
         self._batches: Iterator = iter(())
+        self._plain_loading: bool | None = None  # whether `load` may copy tensors in directly
 
     @property
     def has_test_data(self) -> bool:
@@ -67,7 +68,37 @@ class Learner:
         return ModelState.from_module(self.model)
 
     def load(self, state: ModelState) -> None:
-        self.model.load_state_dict(state.state_dict())
+        if self._plain_loading is None:
+            self._plain_loading = _loads_plainly(self.model)
+        if not (self._plain_loading and self._copy_into_model(state)):
+            self.model.load_state_dict(state.state_dict())
+
+    @torch.no_grad()
+    def _copy_into_model(self, state: ModelState) -> bool:
+        """`load_state_dict` without its per-call machinery, for a state that fits the model exactly.
+
+        What `load_state_dict` does for a module without loading hooks: copy each tensor into the
+        parameter or buffer of that name. Returns False, having changed nothing, when `state` does
+        not fit (other names or shapes), so the caller falls back and gets its errors.
+        """
+        targets = self.model.state_dict()
+        specs, extras = state.layout.specs, state.extras
+        if len(targets) != len(specs) + len(extras):
+            return False
+        pairs = []
+        for spec in specs:
+            target = targets.get(spec.name)
+            if target is None or target.shape != spec.shape:
+                return False
+            pairs.append((target, state.flat[spec.offset : spec.offset + spec.numel].view(spec.shape)))
+        for name, tensor in extras.items():
+            target = targets.get(name)
+            if target is None or target.shape != tensor.shape:
+                return False
+            pairs.append((target, tensor))
+        for target, source in pairs:
+            target.copy_(source)
+        return True
 
     def train(self, *, steps: int | None = None, epochs: int | None = None) -> float:
         """Run `steps` SGD steps or `epochs` passes over the local data; return the mean loss."""
@@ -109,6 +140,18 @@ class Learner:
             self._batches = _batches(self._train, self.batch_size, self.device, generator=self._generator)
             batch = next(self._batches)
         return batch
+
+
+def _loads_plainly(model: torch.nn.Module) -> bool:
+    """Whether `load_state_dict` on `model` only copies tensors: no module customises or hooks loading."""
+    base = torch.nn.Module._load_from_state_dict
+    return not getattr(model, "_load_state_dict_post_hooks", None) and all(
+        type(m)._load_from_state_dict is base
+        and not getattr(m, "_load_state_dict_pre_hooks", None)
+        and not getattr(m, "_state_dict_hooks", None)
+        and not getattr(m, "_state_dict_pre_hooks", None)
+        for m in model.modules()
+    )
 
 
 def _on_device(data: Dataset, device: torch.device) -> Dataset:

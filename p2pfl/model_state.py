@@ -8,6 +8,7 @@ Non-floating buffers (e.g. BatchNorm's `num_batches_tracked`) are carried beside
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -69,9 +70,13 @@ class ModelState:
         floats = {k: v for k, v in tensors.items() if v.is_floating_point()}
         layout = Layout.of(floats)
         device = torch.device(device) if device is not None else _device_of(tensors)
-        flat = torch.empty(layout.numel, dtype=torch.float32, device=device)
-        for spec, tensor in zip(layout.specs, floats.values(), strict=True):
-            flat[spec.offset : spec.offset + spec.numel].copy_(tensor.detach().reshape(-1))
+        parts = [tensor.detach().reshape(-1) for tensor in floats.values()]
+        if parts and all(t.dtype == torch.float32 and t.device == device for t in parts):
+            flat = torch.cat(parts)  # one copy, the same values as the loop below
+        else:
+            flat = torch.empty(layout.numel, dtype=torch.float32, device=device)
+            for spec, part in zip(layout.specs, parts, strict=True):
+                flat[spec.offset : spec.offset + spec.numel].copy_(part)
         extras = {
             k: v.detach().to(device, copy=True) for k, v in tensors.items() if not v.is_floating_point()
         }
@@ -127,23 +132,30 @@ class ModelState:
             missing, unexpected = sorted(expected - set(arrays)), sorted(set(arrays) - expected)
             raise IncompatibleModel(f"tensor names differ: missing {missing}, unexpected {unexpected}")
         for spec in self.layout.specs:
-            _check_array(spec.name, arrays[spec.name], spec.shape, spec.dtype, finite=True)
+            _check_array(spec.name, arrays[spec.name], spec.shape, spec.dtype)
         for name, tensor in self.extras.items():
-            _check_array(name, arrays[name], tuple(tensor.shape), tensor.dtype, finite=False)
+            _check_array(name, arrays[name], tuple(tensor.shape), tensor.dtype)
         host = np.concatenate([arrays[name].reshape(-1) for name in self.layout.names], dtype=np.float32)
+        if not np.isfinite(host).all():  # one pass over all tensors; name the first bad one
+            for spec in self.layout.specs:
+                if not np.isfinite(arrays[spec.name]).all():
+                    raise IncompatibleModel(f"tensor {spec.name!r} has NaN or infinite values")
         flat = torch.from_numpy(host).to(self.device)
         extras = {name: torch.from_numpy(arrays[name].copy()).to(self.device) for name in self.extras}
         return ModelState(self.layout, flat, extras)
 
 
-def _check_array(name: str, array: np.ndarray, shape: tuple[int, ...], dtype: torch.dtype, *, finite: bool):
-    expected_dtype = torch.empty(0, dtype=dtype).numpy().dtype
-    if array.dtype != expected_dtype or tuple(array.shape) != shape:
+def _check_array(name: str, array: np.ndarray, shape: tuple[int, ...], dtype: torch.dtype) -> None:
+    expected_dtype = _numpy_dtype(dtype)
+    if array.dtype != expected_dtype or array.shape != shape:
         raise IncompatibleModel(
             f"tensor {name!r}: expected {expected_dtype}{list(shape)}, got {array.dtype}{list(array.shape)}"
         )
-    if finite and not np.isfinite(array).all():
-        raise IncompatibleModel(f"tensor {name!r} has NaN or infinite values")
+
+
+@functools.cache
+def _numpy_dtype(dtype: torch.dtype) -> np.dtype:
+    return torch.empty(0, dtype=dtype).numpy().dtype
 
 
 def _device_of(tensors: Mapping[str, torch.Tensor]) -> torch.device:

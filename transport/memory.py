@@ -89,6 +89,12 @@ class MemoryNetwork:
         # Messages in flight: (arrival instant, send order, recipient, sender, frame, topic, link).
         self._in_flight: list[tuple[float, int, MemoryTransport, PeerId, bytes, str | None, Link]] = []
         self._order = itertools.count()
+        # A frame sent to several recipients is decoded once, on its first delivery, and the decoded
+        # message shared: frame id -> [frame, copies still in flight, message or DecodeError or None].
+        # Sharing is safe because a decoded message is immutable where it matters: frozen
+        # dataclasses whose tensors are read-only views of the frame (nothing mutates the
+        # containers). An entry lives while the heap holds the frame, so its id cannot be reused.
+        self._decoded: dict[int, list] = {}
         self._wake: trio.CancelScope | None = None  # the delivery task's sleep, until the next arrival
         # Network-wide traffic as steps: at virtual instant times[i], bytes[i] bytes and
         # messages[i] messages had been sent in all (cumulative).
@@ -226,6 +232,11 @@ class MemoryNetwork:
         heapq.heappush(
             self._in_flight, (arrival, next(self._order), recipient, sender.peer_id, frame, topic, link)
         )
+        entry = self._decoded.get(id(frame))
+        if entry is None:
+            self._decoded[id(frame)] = [frame, 1, None]
+        else:
+            entry[1] += 1
         wake = self._wake
         if wake is not None and arrival < wake.deadline:
             wake.deadline = arrival
@@ -238,13 +249,27 @@ class MemoryNetwork:
                 await trio.sleep_forever()
             self._wake = None
             now = trio.current_time()
+            decoded = self._decoded
             while in_flight and in_flight[0][0] <= now:
                 _, _, recipient, sender, frame, topic, link = heapq.heappop(in_flight)
+                entry = decoded[id(frame)]
+                entry[1] -= 1
+                if not entry[1]:
+                    del decoded[id(frame)]
                 if topic is None and not link.up:
                     continue  # the link went down while the message was in flight
                 if recipient.peer_id in self._crashed or self.separated(sender, recipient.peer_id):
                     continue
-                recipient._accept(sender, frame, topic)
+                if entry[2] is None:
+                    entry[2] = self._decode(frame)
+                recipient._accept(sender, frame, topic, entry[2])
+
+    def _decode(self, frame: bytes) -> object:
+        """The message in `frame`, or the `DecodeError` that refuses it."""
+        try:
+            return codec.decode(frame, limits=self.limits)
+        except DecodeError as exc:
+            return exc
 
 
 class MemoryTransport(Transport):
@@ -257,6 +282,9 @@ class MemoryTransport(Transport):
         self._links: dict[PeerId, Link] = {}  # outgoing direction of each link, by peer
         self._dialed: dict[PeerId, Link] = {}  # queues towards unlinked peers, when bandwidth is limited
         self._send_events, self._events = trio.open_memory_channel[Event](math.inf)
+        # The last message sent and its frame: the same object sent to several peers in a row (a
+        # model to every neighbour) is encoded once. Messages are frozen, so the frame stays valid.
+        self._last_sent: tuple[object, bytes] | None = None
 
     def peers(self) -> frozenset[PeerId]:
         return frozenset(self._links)
@@ -269,14 +297,22 @@ class MemoryTransport(Transport):
         network = self._network
         if not network._can_send(self.peer_id, peer):
             raise PeerUnreachable(f"{self.peer_id} is not connected to {peer}")
-        network._transmit(self, network._transports[peer], codec.encode(message), None)
+        network._transmit(self, network._transports[peer], self._encode(message), None)
         await trio.lowlevel.checkpoint()
+
+    def _encode(self, message: object) -> bytes:
+        last = self._last_sent
+        if last is not None and last[0] is message:
+            return last[1]
+        frame = codec.encode(message)
+        self._last_sent = (message, frame)
+        return frame
 
     async def publish(self, topic: str, message: object) -> None:
         # One copy per subscriber, over the link to it if any (else with the defaults). Unlike a
         # direct message, it survives that link closing on the way: pubsub routes around.
         network = self._network
-        frame = codec.encode(message)
+        frame = self._encode(message)
         for peer_id, transport in network._subscribers.get(topic, {}).items():
             if peer_id != self.peer_id:
                 network._transmit(self, transport, frame, topic)
@@ -292,13 +328,14 @@ class MemoryTransport(Transport):
             link = self._dialed[peer] = Link(self._network.defaults)
         return link
 
-    def _accept(self, sender: PeerId, frame: bytes, topic: str | None) -> None:
+    def _accept(self, sender: PeerId, frame: bytes, topic: str | None, message: object = None) -> None:
+        """Take delivery of `frame`: `message` is it decoded (once for all its recipients), None: decode."""
         self.stats.bytes_received += len(frame)
-        try:
-            message = codec.decode(frame, limits=self._network.limits)
-        except DecodeError as exc:
+        if message is None:
+            message = self._network._decode(frame)
+        if isinstance(message, DecodeError):
             self.stats.messages_rejected += 1
-            log.warning("%s dropped a message from %s: %s", self.peer_id, sender, exc)
+            log.warning("%s dropped a message from %s: %s", self.peer_id, sender, message)
             return
         self.stats.messages_received += 1
         self._push(Received(sender, message, topic))

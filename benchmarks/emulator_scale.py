@@ -1,0 +1,281 @@
+"""How far the emulator scales: wall time, peak memory and node-rounds/s against a plain trio loop.
+
+Three kinds of case, each run in its own subprocess so that its peak RSS is its own:
+
+* ``baseline``: N coroutines in one plain trio loop (real clock, no transport, no codec), each with
+  a tiny torch MLP (the synthetic task's 16-32-10), doing one SGD step per round and exchanging its
+  flat parameter vector with its neighbours on a random 4-regular graph over trio memory channels,
+  then averaging. The floor of what "N torch models in one Python process" costs.
+* ``dpsgd``: the emulator running D-PSGD on a random 4-regular graph with the synthetic task, one
+  local step per round, evaluated only after the last round.
+* ``modest``: the emulator running MoDeST (s=10 by default) with the synthetic task.
+
+Times: ``wall`` is the whole case (task, graph, nodes, run); ``build`` is the emulator's node
+construction (learners, models, protocol objects) inside it, measured by wrapping `_Emulation._build`;
+``run`` is wall minus graph and build. node-rounds/s is nodes x rounds / run seconds (for MoDeST,
+where only the s sampled nodes work a round, also rounds per minute). The ratio column compares
+with the baseline's node-rounds/s measured in the same invocation, so machine load mostly cancels.
+
+    PYTHONPATH=. python benchmarks/emulator_scale.py --quick
+    PYTHONPATH=. python benchmarks/emulator_scale.py --dpsgd-nodes 1000 10000 --modest-nodes 1000 10000 100000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+_ROOT = Path(__file__).resolve().parent.parent
+if str(_ROOT) not in sys.path:
+    sys.path.insert(0, str(_ROOT))
+
+
+def _peak_rss_mib() -> float:
+    # ru_maxrss is KiB on Linux.
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# --- cases, each run in a fresh process --------------------------------------------------------------
+
+
+def case_baseline(nodes: int, rounds: int, seed: int) -> dict:
+    import networkx as nx
+    import torch
+    import trio
+
+    from p2pfl.models import mlp
+
+    torch.set_num_threads(1)
+    started = time.perf_counter()
+    graph = nx.random_regular_graph(4, nodes, seed=seed)
+    neighbours = [sorted(graph.neighbors(i)) for i in range(nodes)]
+    generator = torch.Generator().manual_seed(seed)
+    inputs = torch.randn(nodes, 32, 16, generator=generator)
+    targets = torch.randint(0, 10, (nodes, 32), generator=generator)
+    models = [mlp((16, 32, 10), seed=0) for _ in range(nodes)]
+    optimizers = [torch.optim.SGD(m.parameters(), lr=0.2) for m in models]
+    build_s = time.perf_counter() - started
+
+    async def node(i: int, inbox, outboxes) -> None:
+        model, optimizer = models[i], optimizers[i]
+        pending: dict[int, list[torch.Tensor]] = {}
+        for round_ in range(rounds):
+            batch = (round_ * 16) % 32
+            optimizer.zero_grad(set_to_none=True)
+            loss = torch.nn.functional.cross_entropy(
+                model(inputs[i, batch : batch + 16]), targets[i, batch : batch + 16]
+            )
+            loss.backward()
+            optimizer.step()
+            flat = torch.nn.utils.parameters_to_vector(model.parameters()).detach()
+            for out in outboxes:
+                out.send_nowait((round_, flat))
+            got = pending.pop(round_, [])
+            while len(got) < len(outboxes):
+                r, vector = await inbox.receive()
+                (got if r == round_ else pending.setdefault(r, [])).append(vector)
+            with torch.no_grad():
+                torch.nn.utils.vector_to_parameters(torch.stack([flat, *got]).mean(0), model.parameters())
+            await trio.lowlevel.checkpoint()
+
+    async def main() -> None:
+        channels = [trio.open_memory_channel(float("inf")) for _ in range(nodes)]
+        async with trio.open_nursery() as nursery:
+            for i in range(nodes):
+                outboxes = [channels[j][0] for j in neighbours[i]]
+                nursery.start_soon(node, i, channels[i][1], outboxes)
+
+    run_started = time.perf_counter()
+    trio.run(main)
+    run_s = time.perf_counter() - run_started
+    return {"build_s": build_s, "run_s": run_s, "wall_s": time.perf_counter() - started}
+
+
+def _emulate(config_kwargs: dict) -> dict:
+    from simulations import emulator
+    from simulations.emulator import EmulationConfig, run_emulation
+
+    timings: dict[str, float] = {}
+    original_build = emulator._Emulation._build
+
+    def timed_build(self, network):
+        t0 = time.perf_counter()
+        original_build(self, network)
+        timings["build_s"] = time.perf_counter() - t0
+
+    emulator._Emulation._build = timed_build
+    started = time.perf_counter()
+    config = EmulationConfig(**config_kwargs)
+    # The task factory moved between versions of the emulator: take whichever this one has.
+    make_task = getattr(emulator, "make_task", None) or getattr(emulator, "_make_task", None)
+    if make_task is None:
+        from simulations.config import make_task
+    task = make_task(config)
+    graph = emulator._graph(config, 0)
+    graph_s = time.perf_counter() - started
+    result = run_emulation(config, task=task, graph=graph)
+    wall_s = time.perf_counter() - started
+    last = result.rounds[-1] if result.rounds else None
+    return {
+        "graph_s": graph_s,
+        "build_s": timings.get("build_s", 0.0),
+        "run_s": wall_s - graph_s - timings.get("build_s", 0.0),
+        "wall_s": wall_s,
+        "stalled": result.stalled,
+        "summary_rows": len(result.rounds),
+        "accuracy": None if last is None else getattr(last, "mean_accuracy", None),
+        "messages": result.messages_sent,
+        "bytes": result.bytes_sent,
+    }
+
+
+def case_dpsgd(nodes: int, rounds: int, seed: int) -> dict:
+    return _emulate(
+        dict(
+            nodes=nodes,
+            topology="random_regular",
+            topology_params={"degree": 4},
+            task="synthetic",
+            protocol="dpsgd",
+            local_steps=1,
+            rounds=rounds,
+            evaluate_every=rounds,
+            seed=seed,
+        )
+    )
+
+
+def case_modest(nodes: int, rounds: int, seed: int, s: int = 10) -> dict:
+    return _emulate(
+        dict(
+            nodes=nodes,
+            topology="random_regular",
+            topology_params={"degree": 4},
+            task="synthetic",
+            protocol="modest",
+            protocol_params={"s": s},
+            local_steps=1,
+            rounds=rounds,
+            evaluate_every=rounds,
+            seed=seed,
+        )
+    )
+
+
+CASES = {"baseline": case_baseline, "dpsgd": case_dpsgd, "modest": case_modest}
+
+
+def _run_case(kind: str, nodes: int, rounds: int, seed: int, extra: dict, profile: str | None) -> dict:
+    """Run one case in a fresh interpreter and return its measurements."""
+    command = [
+        sys.executable,
+        __file__,
+        "--case",
+        json.dumps({"kind": kind, "nodes": nodes, "rounds": rounds, "seed": seed, **extra}),
+    ]
+    if profile:
+        command += ["--profile", profile]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode:
+        sys.stderr.write(done.stderr)
+        return {"kind": kind, "nodes": nodes, "rounds": rounds, "error": done.returncode}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _child(spec: dict, profile: str | None) -> None:
+    kind, nodes, rounds, seed = spec.pop("kind"), spec.pop("nodes"), spec.pop("rounds"), spec.pop("seed")
+    if profile:
+        import cProfile
+
+        profiler = cProfile.Profile()
+        result = profiler.runcall(CASES[kind], nodes, rounds, seed, **spec)
+        profiler.dump_stats(profile)
+    else:
+        result = CASES[kind](nodes, rounds, seed, **spec)
+    result.update(kind=kind, nodes=nodes, rounds=rounds, peak_rss_mib=_peak_rss_mib())
+    print(json.dumps(result))
+
+
+def _table(results: list[dict], baseline_rate: float | None) -> str:
+    head = (
+        f"{'case':<9}{'nodes':>8}{'rounds':>7}{'wall s':>9}{'build s':>9}{'run s':>9}"
+        f"{'RSS MiB':>9}{'node-rnd/s':>12}{'x base':>8}{'rnd/min':>9}"
+    )
+    lines = [head, "-" * len(head)]
+    for r in results:
+        if "error" in r:
+            lines.append(f"{r['kind']:<9}{r['nodes']:>8}{r['rounds']:>7}  failed (exit {r['error']})")
+            continue
+        rate = r["nodes"] * r["rounds"] / r["run_s"]
+        ratio = f"{rate / baseline_rate:8.3f}" if baseline_rate and r["kind"] == "dpsgd" else f"{'':>8}"
+        per_min = f"{60 * r['rounds'] / r['wall_s']:9.1f}" if r["kind"] == "modest" else f"{'':>9}"
+        note = "" if not r.get("stalled") else "  STALLED"
+        lines.append(
+            f"{r['kind']:<9}{r['nodes']:>8}{r['rounds']:>7}{r['wall_s']:9.1f}{r['build_s']:9.1f}"
+            f"{r['run_s']:9.1f}{r['peak_rss_mib']:9.0f}{rate:12.0f}{ratio}{per_min}{note}"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--baseline-nodes", type=int, default=1000)
+    parser.add_argument("--baseline-rounds", type=int, default=10)
+    parser.add_argument("--dpsgd-nodes", type=int, nargs="*", default=[1000, 10000])
+    parser.add_argument("--dpsgd-rounds", type=int, default=5)
+    parser.add_argument("--modest-nodes", type=int, nargs="*", default=[1000, 10000, 100000])
+    parser.add_argument("--modest-rounds", type=int, default=5)
+    parser.add_argument("--modest-s", type=int, default=10)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quick", action="store_true", help="small sizes: 1,000-node cases, 3 rounds")
+    parser.add_argument("--json", type=Path, help="also write the raw measurements here")
+    parser.add_argument(
+        "--profile", help="cProfile every case into this prefix (PREFIX-KIND-NODES.prof); slows runs"
+    )
+    parser.add_argument("--case", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.case:
+        _child(json.loads(args.case), args.profile)
+        return
+    if args.quick:
+        args.baseline_nodes, args.baseline_rounds = 1000, 5
+        args.dpsgd_nodes, args.dpsgd_rounds = [1000], 3
+        args.modest_nodes, args.modest_rounds = [1000], 3
+
+    def profile_path(kind: str, nodes: int) -> str | None:
+        return f"{args.profile}-{kind}-{nodes}.prof" if args.profile else None
+
+    results = []
+    baseline_rate = None
+    if args.baseline_nodes:
+        r = _run_case("baseline", args.baseline_nodes, args.baseline_rounds, args.seed, {}, None)
+        results.append(r)
+        if "error" not in r:
+            baseline_rate = r["nodes"] * r["rounds"] / r["run_s"]
+        print(_table(results[-1:], baseline_rate), flush=True)
+    for nodes in args.dpsgd_nodes:
+        results.append(
+            _run_case("dpsgd", nodes, args.dpsgd_rounds, args.seed, {}, profile_path("dpsgd", nodes))
+        )
+        print(_table(results[-1:], baseline_rate).splitlines()[-1], flush=True)
+    for nodes in args.modest_nodes:
+        extra = {"s": args.modest_s}
+        results.append(
+            _run_case("modest", nodes, args.modest_rounds, args.seed, extra, profile_path("modest", nodes))
+        )
+        print(_table(results[-1:], baseline_rate).splitlines()[-1], flush=True)
+    print()
+    print(_table(results, baseline_rate))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
