@@ -11,7 +11,7 @@ from p2pfl.aggregation.geometric_median import GeometricMedian
 from p2pfl.aggregation.krum import Krum, MultiKrum
 from p2pfl.aggregation.median import CoordinateMedian, TrimmedMean
 from p2pfl.aggregation.reputation import Reputation
-from p2pfl.aggregation.vca import VCA
+from p2pfl.aggregation.vca import VCA, Selector
 from p2pfl.errors import ConfigError
 
 AGGREGATORS: dict[str, Callable[..., Aggregator]] = {
@@ -34,7 +34,20 @@ def _reputation(*, rule: str = "fedavg", rule_params: dict[str, object] | None =
     return Reputation(build_aggregator(rule, **(rule_params or {})), **params)
 
 
+def _vca(
+    *, selection: str | None = None, selection_params: dict[str, object] | None = None, **params: object
+):
+    """`vca` may filter first: { selection = "multi_krum", selection_params = { f = 2 } }."""
+    selector = None
+    if selection is not None:
+        selector = build_aggregator(selection, **(selection_params or {}))
+        if not isinstance(selector, Selector):
+            raise ValueError(f"selection {selection!r} cannot select models; use krum or multi_krum")
+    return VCA(selection=selector, **params)
+
+
 AGGREGATORS["reputation"] = _reputation
+AGGREGATORS["vca"] = _vca
 
 
 def build_aggregator(name: str, **params: object) -> Aggregator:

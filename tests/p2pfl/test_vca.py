@@ -338,3 +338,14 @@ def test_bad_selection_and_weights_are_refused():
         VCA().aggregate(own, [Contribution("p", own.state, weight=-1)])
     with pytest.raises(ValueError, match="positive sum"):
         VCA().aggregate(own, [Contribution("p", own.state, weight=0)])
+
+
+def test_vca_built_by_name_can_filter_first_with_multi_krum():
+    from p2pfl.aggregation import MultiKrum
+    from p2pfl.aggregation.registry import build_aggregator
+    from p2pfl.errors import ConfigError
+
+    rule = build_aggregator("vca", selection="multi_krum", selection_params={"f": 1}, self_weight=0.5)
+    assert isinstance(rule, VCA) and isinstance(rule.selection, MultiKrum)
+    with pytest.raises(ConfigError, match="cannot select"):
+        build_aggregator("vca", selection="median")
