@@ -95,9 +95,7 @@ class _ModestNode:
         self.transport = transport
         self.learning = learning
         self.own = transport.peer_id
-        self.view = View(self.own)
-        for peer in sorted(protocol.participants):
-            self.view.join(peer, 0)
+        self.view = View.with_members(self.own, protocol.participants)
         self.joining = self.own not in protocol.participants
         self.view.join(self.own, 0)
         self.pinger = Pinger(transport, interval=self.settings.ping_interval)

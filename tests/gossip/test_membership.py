@@ -279,3 +279,17 @@ def test_views_converge_after_joins_leaves_and_crashes(seed):
     for view in remaining:
         assert view.active(40, threshold) == sorted(alive)  # leavers out; crashed one silent since 15
         assert view.active(20, threshold) == sorted([*alive, crashed])
+
+
+def test_with_members_equals_joining_each_member():
+    peers = [f"p{i}" for i in range(20)]
+    one_by_one = View("p3")
+    for peer in peers:
+        one_by_one.join(peer, 2)
+    at_once = View.with_members("p3", peers, round=2)
+    assert at_once.records() == one_by_one.records()
+    at_once.join("p3", 2)
+    one_by_one.join("p3", 2)
+    assert at_once.records() == one_by_one.records()
+    with pytest.raises(ValueError, match="peer"):
+        View.with_members("p3", ["ok", ""])
