@@ -31,6 +31,7 @@ any, so a bad message changes nothing.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from enum import IntEnum
@@ -123,6 +124,13 @@ class ViewEntry:
         )
 
 
+@functools.lru_cache(maxsize=8)
+def _members(peers: tuple[str, ...], round: int) -> dict[str, PeerRecord]:
+    """Validated once per member list: the nodes of an emulation share theirs (callers copy it)."""
+    record = PeerRecord(_check_count(round, "round"), 1, Status.JOIN)
+    return dict.fromkeys((_check_peer(p, "peer") for p in peers), record)
+
+
 class View:
     """One node's membership view: peer id -> `PeerRecord`. Not thread-safe (one trio task owns it).
 
@@ -144,8 +152,7 @@ class View:
         """A view in which every one of `peers` joined at `round`: what `join` gives each, built
         in one pass, since every node of a large emulation starts from the same member list."""
         view = cls(own_id)
-        record = PeerRecord(_check_count(round, "round"), 1, Status.JOIN)
-        view._records = dict.fromkeys((_check_peer(p, "peer") for p in peers), record)
+        view._records = dict(_members(tuple(peers), round))
         return view
 
     @property
