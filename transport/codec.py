@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import struct
 import types
 import typing
@@ -29,7 +30,16 @@ import numpy as np
 
 from transport.errors import DecodeError
 
-__all__ = ["DEFAULT_LIMITS", "TENSOR_EXT_CODE", "Limits", "decode", "encode", "message", "message_types"]
+__all__ = [
+    "DEFAULT_LIMITS",
+    "TENSOR_EXT_CODE",
+    "Limits",
+    "decode",
+    "encode",
+    "encode_segments",
+    "message",
+    "message_types",
+]
 
 TENSOR_EXT_CODE = 1
 MAX_TENSOR_DIMS = 8
@@ -152,17 +162,64 @@ def _check_annotation(tp: Any, where: str) -> None:
 
 def encode(msg: object) -> bytes:
     """Bytes for a registered message. An unregistered object is a programming error: TypeError."""
+    segments = encode_segments(msg)
+    return segments[0] if len(segments) == 1 else b"".join(segments)  # one segment: the bytes themselves
+
+
+def encode_segments(msg: object) -> list[bytes | memoryview]:
+    """`encode(msg)` as pieces whose concatenation is exactly those bytes, without copying big tensors.
+
+    A tensor of at least `_SEGMENT_TENSOR_BYTES` that already is C-contiguous little-endian becomes a
+    read-only memoryview of its own elements (others are converted once, as `encode` does): the
+    arrays must not change until the segments have been consumed. Smaller tensors are copied into
+    the msgpack bytes, which is cheaper than a segment of their own.
+    """
     reg = _BY_CLASS.get(type(msg))
     if reg is None:
         raise TypeError(f"{type(msg).__qualname__} is not a registered message type")
     values = [getattr(msg, name) for name, _ in _fields(reg.cls)]
-    return msgpack.packb([reg.tag, reg.version, *values], default=_encode_default, use_bin_type=True)
+    big: list[np.ndarray] = []
+    nonce = b""
+
+    def default(obj: object) -> object:
+        nonlocal nonce
+        if not isinstance(obj, np.ndarray):
+            return _encode_default(obj)
+        array = _wire_array(obj)
+        if array.nbytes < _SEGMENT_TENSOR_BYTES:
+            return msgpack.ExtType(TENSOR_EXT_CODE, b"".join(_tensor_parts(array)))
+        # A placeholder ext, found again below: a fresh random nonce makes a false match (the same
+        # 23 bytes inside an earlier str or bytes field) a 2**-96 event.
+        nonce = nonce or os.urandom(_NONCE_BYTES)
+        big.append(array)
+        return msgpack.ExtType(TENSOR_EXT_CODE, nonce + _INDEX.pack(len(big) - 1))
+
+    skeleton = msgpack.packb([reg.tag, reg.version, *values], default=default, use_bin_type=True)
+    if not big:
+        return [skeleton]
+    segments: list[bytes | memoryview] = []
+    pos = 0
+    for i, array in enumerate(big):
+        placeholder = _PLACEHOLDER_EXT + nonce + _INDEX.pack(i)
+        at = skeleton.index(placeholder, pos)
+        prefix, data = _tensor_parts(array)
+        segments.append(skeleton[pos:at] + _ext_header(len(prefix) + data.nbytes) + prefix)
+        segments.append(data)
+        pos = at + len(placeholder)
+    segments.append(skeleton[pos:])
+    return segments
+
+
+# Tensors from this size on travel as segments of their own (`encode_segments`).
+_SEGMENT_TENSOR_BYTES = 64 * 2**10
+_NONCE_BYTES = 12
+_INDEX = struct.Struct("<Q")
+# msgpack ext 8 header of a placeholder: 0xc7, body length, ext type.
+_PLACEHOLDER_EXT = bytes((0xC7, _NONCE_BYTES + _INDEX.size, TENSOR_EXT_CODE))
 
 
 def _encode_default(obj: object) -> object:
-    """msgpack fallback for what it cannot pack natively: tensors, nested dataclasses, numpy scalars."""
-    if isinstance(obj, np.ndarray):
-        return msgpack.ExtType(TENSOR_EXT_CODE, _pack_tensor(obj))
+    """msgpack fallback for what it cannot pack natively (besides tensors): dataclasses, numpy scalars."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return [getattr(obj, name) for name, _ in _fields(type(obj))]
     if isinstance(obj, (np.bool_, np.integer, np.floating)):
@@ -170,17 +227,35 @@ def _encode_default(obj: object) -> object:
     raise TypeError(f"cannot encode {type(obj).__qualname__}")
 
 
-def _pack_tensor(array: np.ndarray) -> bytes:
+def _wire_array(array: np.ndarray) -> np.ndarray:
+    """`array` as it travels: C-contiguous little-endian of an allowed dtype (a copy only if need be)."""
     dtype = _DTYPES.get(array.dtype.name)
     if dtype is None:
         raise TypeError(f"tensor dtype {array.dtype} cannot travel; allowed: {', '.join(_DTYPES)}")
     if array.ndim > MAX_TENSOR_DIMS:
         raise ValueError(f"tensor of {array.ndim} dims; at most {MAX_TENSOR_DIMS} travel")
     # No copy when the array already is C-contiguous little-endian (asarray keeps 0-d arrays 0-d).
-    array = np.asarray(array, dtype=dtype, order="C")
+    return np.asarray(array, dtype=dtype, order="C")
+
+
+def _tensor_parts(array: np.ndarray) -> tuple[bytes, memoryview]:
+    """The ext body of a wire array: (header length and header, a read-only view of its elements)."""
     header = msgpack.packb([array.dtype.name, list(array.shape)])
-    # The join is the one copy: ExtType wants a bytes object.
-    return b"".join((_HEADER_LEN.pack(len(header)), header, array.reshape(-1).view(np.uint8).data))
+    return _HEADER_LEN.pack(len(header)) + header, array.reshape(-1).view(np.uint8).data.toreadonly()
+
+
+def _ext_header(length: int) -> bytes:
+    """msgpack's own header for a tensor ext with a body of `length` bytes (its smallest form)."""
+    fixext = {1: 0xD4, 2: 0xD5, 4: 0xD6, 8: 0xD7, 16: 0xD8}.get(length)
+    if fixext is not None:
+        return bytes((fixext, TENSOR_EXT_CODE))
+    if length < 2**8:
+        return struct.pack(">BBB", 0xC7, length, TENSOR_EXT_CODE)
+    if length < 2**16:
+        return struct.pack(">BHB", 0xC8, length, TENSOR_EXT_CODE)
+    if length < 2**32:
+        return struct.pack(">BIB", 0xC9, length, TENSOR_EXT_CODE)
+    raise ValueError(f"tensor of {length} bytes is too large for msgpack")
 
 
 # --- decoding -------------------------------------------------------------------------------------

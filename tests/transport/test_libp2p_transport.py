@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 import trio
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 pytest.importorskip("libp2p")
 
@@ -38,7 +40,7 @@ from transport.libp2p import (
     TransferRejected,
     open_libp2p_transport,
 )
-from transport.libp2p.model_plane import MODEL_PROTOCOL, TransferHeader
+from transport.libp2p.model_plane import MODEL_PROTOCOL, TransferHeader, _chunks
 from transport.messages import ModelPayload, ModelUpdate
 
 MiB = 2**20
@@ -412,3 +414,16 @@ def test_transport_from_a_key_dir_keeps_its_peer_id_and_announces_what_it_is_tol
             assert second.addrs == [f"{public}/p2p/{peer_id}"]
 
     run(main)
+
+
+@settings(max_examples=200, deadline=None)
+@given(sizes=st.lists(st.integers(0, 40), max_size=8), chunk_bytes=st.integers(1, 16))
+def test_body_chunks_are_full_size_views_except_across_segment_boundaries(sizes, chunk_bytes):
+    data = bytes(range(256)) * (sum(sizes) // 256 + 1)
+    offsets = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
+    segments = [memoryview(data)[offsets[i] : offsets[i + 1]] for i in range(len(sizes))]
+    chunks = list(_chunks([s for s in segments if s.nbytes], chunk_bytes))
+    assert b"".join(chunks) == data[: sum(sizes)]
+    assert all(len(c) == chunk_bytes for c in chunks[:-1]) and all(0 < len(c) <= chunk_bytes for c in chunks)
+    inside = [c for c in chunks if isinstance(c, memoryview)]
+    assert all(c.obj is data for c in inside)  # no copy unless the chunk spans segments

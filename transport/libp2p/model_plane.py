@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import msgpack
@@ -191,21 +191,27 @@ class ModelPlane:
 
     # --- sending --------------------------------------------------------------------------------
 
-    async def send(self, peer: ID, *, kind: str, round_: int, body: bytes) -> None:
-        """Transfer `body` (an encoded message) to `peer` and wait for its verdict.
+    async def send(
+        self, peer: ID, *, kind: str, round_: int, body: bytes | Sequence[bytes | memoryview]
+    ) -> None:
+        """Transfer `body` (an encoded message, or its `codec.encode_segments`) to `peer`; await the verdict.
 
-        Raises `TransferRejected` if the peer refused it after reading, `PeerUnreachable` if the
+        Segments are sent as they are, without joining them: what they view must not change until
+        this returns. Raises `TransferRejected` if the peer refused it after reading, `PeerUnreachable` if the
         dial, a write or the verdict failed or timed out.
         """
         cfg = self.config
-        if len(body) > cfg.max_body_bytes:
-            raise MessageTooLarge(f"message of {len(body)} bytes exceeds the {cfg.max_body_bytes}-byte cap")
-        digest = await _sha256(body)
-        header = TransferHeader(kind, round_, len(body), digest).encode()
+        parts = [body] if isinstance(body, (bytes, bytearray, memoryview)) else body
+        segments = [view for view in (memoryview(part).cast("B") for part in parts) if view.nbytes]
+        size = sum(view.nbytes for view in segments)
+        if size > cfg.max_body_bytes:
+            raise MessageTooLarge(f"message of {size} bytes exceeds the {cfg.max_body_bytes}-byte cap")
+        digest = await _sha256(segments, size)
+        header = TransferHeader(kind, round_, size, digest).encode()
         try:
             with trio.fail_after(cfg.transfer_timeout):
                 async with self._outbound:
-                    await self._transfer(peer, header, body)
+                    await self._transfer(peer, header, segments)
         except trio.TooSlowError as exc:
             self._stats.transfers_failed += 1
             raise PeerUnreachable(f"transfer to {peer} exceeded {cfg.transfer_timeout} s") from exc
@@ -215,7 +221,7 @@ class ModelPlane:
         self._stats.transfers_sent += 1
         self._traffic.messages_sent += 1
 
-    async def _transfer(self, peer: ID, header: bytes, body: bytes) -> None:
+    async def _transfer(self, peer: ID, header: bytes, segments: list[memoryview]) -> None:
         cfg = self.config
         try:
             with trio.fail_after(cfg.connect_timeout):
@@ -228,9 +234,8 @@ class ModelPlane:
         try:
             await self._write(stream, header)
             step = "body"
-            view = memoryview(body)
-            for start in range(0, len(body), cfg.chunk_bytes):
-                await self._write(stream, bytes(view[start : start + cfg.chunk_bytes]))
+            for chunk in _chunks(segments, cfg.chunk_bytes):
+                await self._write(stream, chunk)
             step = "verdict"
             with trio.fail_after(cfg.io_timeout):
                 status = await stream.read(1)
@@ -250,7 +255,7 @@ class ModelPlane:
             raise TransferRejected(f"{peer} refused the transfer: {reason}")
         await _close(stream)
 
-    async def _write(self, stream: INetStream, data: bytes) -> None:
+    async def _write(self, stream: INetStream, data: bytes | memoryview) -> None:
         with trio.fail_after(self.config.io_timeout):
             await stream.write(data)
         self._traffic.bytes_sent += len(data)
@@ -395,10 +400,43 @@ class ModelPlane:
                 log.debug("could not send status %d: %r", status, exc)
 
 
-async def _sha256(body: bytes) -> bytes:
-    if len(body) >= _HASH_IN_THREAD_BYTES:
-        return await trio.to_thread.run_sync(lambda: hashlib.sha256(body).digest())
-    return hashlib.sha256(body).digest()
+async def _sha256(segments: list[memoryview], size: int) -> bytes:
+    def digest() -> bytes:
+        hasher = hashlib.sha256()
+        for segment in segments:
+            hasher.update(segment)
+        return hasher.digest()
+
+    if size >= _HASH_IN_THREAD_BYTES:
+        return await trio.to_thread.run_sync(digest)
+    return digest()
+
+
+def _chunks(segments: list[memoryview], chunk_bytes: int) -> Iterator[bytes | memoryview]:
+    """The bytes of `segments` in pieces of exactly `chunk_bytes` (the last one shorter).
+
+    A piece inside one segment is a view of it; only a piece across segment boundaries is copied.
+    """
+    pending: list[memoryview] = []
+    pending_bytes = 0
+    for segment in segments:
+        start = 0
+        if pending:  # complete the piece begun in earlier segments
+            start = min(chunk_bytes - pending_bytes, segment.nbytes)
+            pending.append(segment[:start])
+            pending_bytes += start
+            if pending_bytes < chunk_bytes:
+                continue
+            yield b"".join(pending)
+            pending, pending_bytes = [], 0
+        while segment.nbytes - start >= chunk_bytes:
+            yield segment[start : start + chunk_bytes]
+            start += chunk_bytes
+        if start < segment.nbytes:
+            pending.append(segment[start:])
+            pending_bytes += segment.nbytes - start
+    if pending:
+        yield b"".join(pending) if len(pending) > 1 else pending[0]
 
 
 async def _reset(stream: INetStream) -> None:

@@ -112,9 +112,10 @@ class Libp2pTransport(Transport):
         """Deliver `message` to `peer` over the model plane, dialing it if its address is known.
 
         Returns once the peer verified and queued it. Raises `PeerUnreachable` (or its subclass
-        `TransferRejected`) otherwise, within the model plane's deadlines.
+        `TransferRejected`) otherwise, within the model plane's deadlines. Big tensors are sent from
+        the arrays themselves, not from a copy: they must not change until this returns.
         """
-        body = codec.encode(message)
+        body = codec.encode_segments(message)  # tensors travel as views of themselves, no copy
         peer_id = _peer_id(peer)
         if peer_id == self.host.get_id():
             raise PeerUnreachable("a node does not send to itself")
