@@ -7,7 +7,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from daemon_helpers import toml_dumps
+from daemon_helpers import Daemon, toml_dumps
 
 
 @pytest.fixture
@@ -18,3 +18,20 @@ def write_toml(tmp_path):
         return path
 
     return write
+
+
+@pytest.fixture
+def spawn_daemons(tmp_path):
+    """`spawn_daemons(n)`: n `Daemon`s in tmp_path, every one still running killed at teardown."""
+    spawned: list[Daemon] = []
+
+    def spawn(count: int) -> list[Daemon]:
+        first = len(spawned)
+        spawned.extend([Daemon(tmp_path, first + i) for i in range(count)])
+        return spawned[first:]
+
+    try:
+        yield spawn
+    finally:
+        for daemon in spawned:
+            daemon.kill()

@@ -10,106 +10,41 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
-import sys
 import time
-import urllib.request
-from pathlib import Path
 
 import pytest
-from daemon_helpers import node_settings, toml_dumps
+from daemon_helpers import P2PFL, Daemon, node_settings, stop_daemons, toml_dumps
 
 from p2pfl.daemon.checkpoint import CHECKPOINT_FILE, load_checkpoint
 
 pytestmark = pytest.mark.multiprocess
 
-_SCRIPT = Path(sys.executable).with_name("p2pfl")
-P2PFL = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-c", "from p2pfl.cli import main; main()"]
 NODES = 4
 TARGET_ACCURACY = 0.85
 STOP_WITHIN = 5.0
 
 
-class Daemon:
-    def __init__(self, root: Path, index: int) -> None:
-        self.index = index
-        self.data_dir = root / f"node{index}"
-        self.config = root / f"node{index}.toml"
-        self.log = root / f"node{index}.log"
-        self.proc: subprocess.Popen | None = None
-
-    def write_config(self, bootstrap: list[str]) -> None:
-        settings = node_settings(
-            self.data_dir, index=self.index, of=NODES, rounds=1000, period=0.5, bootstrap=bootstrap
-        )
-        self.config.write_text(toml_dumps(settings))
-
-    def start(self) -> None:
-        with self.log.open("a") as log:
-            self.proc = subprocess.Popen(
-                [*P2PFL, "node", "run", "--config", str(self.config)], stdout=log, stderr=subprocess.STDOUT
-            )
-
-    def info(self, deadline: float) -> dict:
-        """status.json of the running process (the listen addresses and status URL it chose)."""
-        path = self.data_dir / "status.json"
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, f"node {self.index} exited early:\n{self.tail()}"
-            try:
-                info = json.loads(path.read_text())
-                if info.get("pid") == self.proc.pid:
-                    return info
-            except (OSError, ValueError):
-                pass
-            time.sleep(0.1)
-        raise AssertionError(f"node {self.index} wrote no status.json in time:\n{self.tail()}")
-
-    def status(self) -> dict:
-        url = json.loads((self.data_dir / "status.json").read_text())["url"]
-        with urllib.request.urlopen(url + "/status", timeout=5) as response:
-            return json.loads(response.read())
-
-    def tail(self, lines: int = 30) -> str:
-        return "\n".join(self.log.read_text().splitlines()[-lines:]) if self.log.exists() else "(no log)"
+def write_config(daemon: Daemon, bootstrap: list[str]) -> None:
+    settings = node_settings(
+        daemon.data_dir, index=daemon.index, of=NODES, rounds=1000, period=0.5, bootstrap=bootstrap
+    )
+    daemon.config.write_text(toml_dumps(settings))
 
 
 @pytest.fixture
-def daemons(tmp_path):
-    started = [Daemon(tmp_path, i) for i in range(NODES)]
-    try:
-        yield started
-    finally:
-        for daemon in started:
-            if daemon.proc is not None and daemon.proc.poll() is None:
-                daemon.proc.kill()
-                daemon.proc.wait(timeout=10)
-
-
-def stop_all(daemons: list[Daemon]) -> dict[int, float]:
-    """SIGTERM each, then the seconds each took to exit (None if it did not within 15 s)."""
-    sent = {}
-    for daemon in daemons:
-        sent[daemon.index] = time.monotonic()
-        daemon.proc.send_signal(signal.SIGTERM)
-    took = {}
-    deadline = time.monotonic() + 15
-    while len(took) < len(daemons) and time.monotonic() < deadline:
-        for daemon in daemons:
-            if daemon.index not in took and daemon.proc.poll() is not None:
-                took[daemon.index] = time.monotonic() - sent[daemon.index]
-        time.sleep(0.02)
-    return took
+def daemons(spawn_daemons):
+    return spawn_daemons(NODES)
 
 
 def test_four_daemons_learn_digits_report_peers_stop_and_resume(daemons):
     begin = time.monotonic()
     seed, *others = daemons
-    seed.write_config(bootstrap=[])
+    write_config(seed, bootstrap=[])
     seed.start()
     bootstrap = seed.info(deadline=begin + 60)["addrs"][:1]
     for daemon in others:
-        daemon.write_config(bootstrap=bootstrap)
+        write_config(daemon, bootstrap=bootstrap)
         daemon.start()
     deadline = time.monotonic() + 60
     peer_ids = {daemon.index: daemon.info(deadline=deadline)["peer_id"] for daemon in daemons}
@@ -149,7 +84,7 @@ def test_four_daemons_learn_digits_report_peers_stop_and_resume(daemons):
         assert document["bytes_in"] > 0 and document["bytes_out"] > 0
         assert document["models_rejected"] == 0
 
-    took = stop_all(daemons)
+    took = stop_daemons(daemons)
     print(f"status CLI done after {time.monotonic() - begin:.1f} s")
     print(f"stopped after SIGTERM in {', '.join(f'{t:.2f}' for t in took.values())} s")
     assert len(took) == NODES and max(took.values()) < STOP_WITHIN, took
@@ -170,7 +105,7 @@ def test_four_daemons_learn_digits_report_peers_stop_and_resume(daemons):
         status = restarted.status()
     assert status["started_round"] == saved.round + 1 > 1
     assert status["history"][0]["round"] == saved.round + 1, status["history"]
-    took = stop_all([restarted])
+    took = stop_daemons([restarted])
     assert took.get(1, 99) < STOP_WITHIN, restarted.tail()
     print(f"restarted node resumed at round {saved.round + 1}; whole test {time.monotonic() - begin:.1f} s")
     assert os.path.exists(restarted.data_dir / CHECKPOINT_FILE)

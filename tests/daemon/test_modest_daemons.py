@@ -82,13 +82,8 @@ def summary(statuses: dict[int, dict]) -> dict[int, tuple]:
 
 
 @pytest.fixture
-def daemons(tmp_path):
-    started = [Daemon(tmp_path, i) for i in range(NODES)]
-    try:
-        yield started
-    finally:
-        for daemon in started:
-            daemon.kill()
+def daemons(spawn_daemons):
+    return spawn_daemons(NODES)
 
 
 def test_six_modest_daemons_learn_digits_and_survive_two_kills(daemons):
