@@ -57,6 +57,7 @@ from libp2p.utils.varint import decode_uvarint, encode_varint_prefixed
 from transport.base import PeerId
 from transport.libp2p.peers import ConnectionTracker
 from transport.libp2p.stats import Libp2pStats
+from transport.libp2p.streams import close_quietly, reset_quietly
 
 __all__ = ["DEFAULT_DISCOVERY", "RENDEZVOUS_PROTOCOL", "Discovery", "DiscoveryConfig", "RendezvousServer"]
 
@@ -206,23 +207,6 @@ def _remote_ip(stream: INetStream) -> str | None:
 # --- stream helpers -------------------------------------------------------------------------------
 
 
-async def _reset(stream: INetStream) -> None:
-    """Reset, shielded and bounded: runs on error paths, often under an expired deadline."""
-    with trio.CancelScope(shield=True), trio.move_on_after(1.0):
-        try:
-            await stream.reset()
-        except Exception as exc:
-            log.debug("stream reset failed: %r", exc)
-
-
-async def _close(stream: INetStream) -> None:
-    with trio.CancelScope(shield=True), trio.move_on_after(1.0):
-        try:
-            await stream.close()
-        except Exception as exc:
-            log.debug("stream close failed: %r", exc)
-
-
 async def _read_message(stream: INetStream, max_bytes: int) -> bytes | None:
     """The body of the next varint-length-prefixed message, or None if the stream ended cleanly
     before one began. The length is checked against `max_bytes` before the body is read, and the
@@ -310,7 +294,7 @@ class RendezvousServer:
         cfg = self.config
         if self._streams >= cfg.max_streams or self._streams_by_peer.get(peer, 0) >= cfg.max_streams_per_peer:
             self._stats.reject_rendezvous("busy")
-            await _reset(stream)
+            await reset_quietly(stream)
             return
         self._streams += 1
         self._streams_by_peer[peer] = self._streams_by_peer.get(peer, 0) + 1
@@ -330,25 +314,25 @@ class RendezvousServer:
                 with trio.fail_after(cfg.io_timeout):
                     data = await _read_message(stream, cfg.max_request_bytes)
                     if data is None:  # the client is done
-                        await _close(stream)
+                        await close_quietly(stream)
                         return
                     response = self._respond(peer, _parse(data), observed_ip)
                     if response is not None:
                         await stream.write(encode_varint_prefixed(response.SerializeToString()))
                 self._stats.rendezvous_served += 1
-            await _close(stream)
+            await close_quietly(stream)
         except _Refused as refusal:
             self._stats.reject_rendezvous(refusal.reason)
             log.warning("refused a rendezvous stream from %s: %s", peer, refusal)
-            await _reset(stream)
+            await reset_quietly(stream)
         except trio.TooSlowError:
             self._stats.reject_rendezvous("timeout")
             log.debug("rendezvous stream from %s timed out", peer)
-            await _reset(stream)
+            await reset_quietly(stream)
         except Exception as exc:  # reset by the peer, connection gone, bad varint...
             self._stats.reject_rendezvous("broken")
             log.debug("rendezvous stream from %s broke: %r", peer, exc)
-            await _reset(stream)
+            await reset_quietly(stream)
 
     def _respond(self, peer: ID, request: Message, observed_ip: str | None) -> Message | None:
         if request.type == Message.REGISTER:
@@ -611,7 +595,7 @@ class Discovery:
                 stream = await self._host.new_stream(point, [RENDEZVOUS_PROTOCOL])
                 await stream.write(encode_varint_prefixed(message.SerializeToString()))
                 if expect is None:
-                    await _close(stream)
+                    await close_quietly(stream)
                     return None
                 data = await _read_message(stream, cfg.max_response_bytes)
             if data is None:
@@ -621,9 +605,9 @@ class Discovery:
                 raise RendezvousFailed(f"expected a reply of type {expect}, got {response.type}")
         except BaseException:
             if stream is not None:
-                await _reset(stream)
+                await reset_quietly(stream)
             raise
-        await _close(stream)
+        await close_quietly(stream)
         return response
 
     # --- what we know of ---------------------------------------------------------------------------

@@ -38,6 +38,7 @@ from transport.framing import frame_prefix, read_frame
 from transport.libp2p.errors import MessageTooLarge, TransferRejected
 from transport.libp2p.inbox import Inbox, Slots
 from transport.libp2p.stats import Libp2pStats
+from transport.libp2p.streams import close_quietly, reset_quietly
 
 __all__ = ["CODEC_NAME", "MODEL_PROTOCOL", "ModelPlane", "ModelPlaneConfig", "TransferHeader", "tag_of"]
 
@@ -243,17 +244,17 @@ class ModelPlane:
                 raise EOFError("stream ended before the verdict")
             self._traffic.bytes_received += len(status)
         except BaseException as exc:
-            await _reset(stream)
+            await reset_quietly(stream)
             if isinstance(exc, trio.TooSlowError):
                 raise PeerUnreachable(f"{peer}: {step} timed out after {cfg.io_timeout} s") from exc
             if isinstance(exc, Exception):
                 raise PeerUnreachable(f"{peer}: transfer broke off at the {step}: {exc!r}") from exc
             raise  # Cancelled and friends
         if status[0] != STATUS_OK:
-            await _reset(stream)
+            await reset_quietly(stream)
             reason = _REASON_BY_STATUS.get(status[0], f"status {status[0]}")
             raise TransferRejected(f"{peer} refused the transfer: {reason}")
-        await _close(stream)
+        await close_quietly(stream)
 
     async def _write(self, stream: INetStream, data: bytes | memoryview) -> None:
         with trio.fail_after(self.config.io_timeout):
@@ -304,7 +305,7 @@ class ModelPlane:
             self._inbox.deliver(Received(sender, message), self._slots)
             reserved = False
             await self._reply(stream, STATUS_OK)
-            await _close(stream)
+            await close_quietly(stream)
         finally:
             if reserved:
                 self._slots.release()
@@ -381,7 +382,7 @@ class ModelPlane:
     async def _refuse(self, stream: INetStream, sender: PeerId, refusal: _Refused) -> None:
         if self.closing:
             log.debug("transfer from %s cut off by shutdown: %s", sender, refusal)
-            await _reset(stream)
+            await reset_quietly(stream)
             return
         self._stats.reject_transfer(refusal.reason)
         self._traffic.messages_rejected += 1
@@ -389,7 +390,7 @@ class ModelPlane:
         code = _STATUS_BY_REASON.get(refusal.reason)
         if code is not None:  # the stream is still in step: tell the sender why, best effort
             await self._reply(stream, code)
-        await _reset(stream)
+        await reset_quietly(stream)
 
     async def _reply(self, stream: INetStream, status: int) -> None:
         with trio.move_on_after(self.config.io_timeout):
@@ -437,20 +438,3 @@ def _chunks(segments: list[memoryview], chunk_bytes: int) -> Iterator[bytes | me
             pending_bytes += segment.nbytes - start
     if pending:
         yield b"".join(pending) if len(pending) > 1 else pending[0]
-
-
-async def _reset(stream: INetStream) -> None:
-    """Reset, shielded and bounded: runs on error paths, often under an expired deadline."""
-    with trio.CancelScope(shield=True), trio.move_on_after(1.0):
-        try:
-            await stream.reset()
-        except Exception as exc:
-            log.debug("stream reset failed: %r", exc)
-
-
-async def _close(stream: INetStream) -> None:
-    with trio.CancelScope(shield=True), trio.move_on_after(1.0):
-        try:
-            await stream.close()
-        except Exception as exc:
-            log.debug("stream close failed: %r", exc)
