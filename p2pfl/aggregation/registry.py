@@ -12,7 +12,7 @@ from p2pfl.aggregation.krum import Krum, MultiKrum
 from p2pfl.aggregation.median import CoordinateMedian, TrimmedMean
 from p2pfl.aggregation.reputation import Reputation
 from p2pfl.aggregation.vca import VCA, Selector
-from p2pfl.errors import ConfigError
+from p2pfl.registry import build_named
 
 AGGREGATORS: dict[str, Callable[..., Aggregator]] = {
     "fedavg": FedAvg,
@@ -52,9 +52,4 @@ AGGREGATORS["vca"] = _vca
 
 def build_aggregator(name: str, **params: object) -> Aggregator:
     """The rule called `name`, built with its own keyword parameters; `ConfigError` names what is wrong."""
-    if name not in AGGREGATORS:
-        raise ConfigError(f"aggregation: unknown rule {name!r}; choose one of {sorted(AGGREGATORS)}")
-    try:
-        return AGGREGATORS[name](**params)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"aggregation {name!r}: {exc}") from exc
+    return build_named("aggregation", "rule", AGGREGATORS, name, params)

@@ -15,7 +15,7 @@ from p2pfl.attacks.model_poisoning import (
     Scaling,
     SignFlip,
 )
-from p2pfl.errors import ConfigError
+from p2pfl.registry import build_named
 
 Attack = ModelPoisoning | LabelFlip
 
@@ -37,9 +37,4 @@ def build_attack(name: str, **params: object) -> Attack:
     `label_flip` gives a `LabelFlip` (data poisoning, applied to the training data with its `apply`);
     every other name gives a `ModelPoisoning`. `ConfigError` names the attack and what is wrong.
     """
-    if name not in ATTACKS:
-        raise ConfigError(f"attack: unknown attack {name!r}; choose one of {sorted(ATTACKS)}")
-    try:
-        return ATTACKS[name](**params)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"attack {name!r}: {exc}") from exc
+    return build_named("attack", "attack", ATTACKS, name, params)
