@@ -148,6 +148,9 @@ class GossipProtocolConfig(_Strict):
     seed: int | None = None  # choice of peers; None: the shard index
 
 
+_MODEST_DEFAULTS = ModestSettings()
+
+
 class ModestProtocolConfig(_Strict):
     """MoDeST. `participants`: the founding members, the same list on every node (peer IDs, or full
     multiaddrs ending in /p2p/<id>, which also tell the node where to dial them), or "discovered":
@@ -163,15 +166,16 @@ class ModestProtocolConfig(_Strict):
     # True advertises a leave on SIGTERM. A node that left is not sampled again after a restart
     # (MoDeST has no re-join yet), so a daemon that may come back keeps this False.
     leave_on_stop: bool = False
-    s: int = 10
-    a: int = 1
-    sf: float = 1.0
-    ping_timeout: float = 5.0
-    ping_interval: float = 1.0
-    inactivity_threshold: int = 50
-    aggregation_timeout: float | None = None
-    min_models: int = 1
-    round_timeout: float | None = None
+    # ModestSettings' fields, flat in the table; its defaults, and its validation (`settings`).
+    s: int = _MODEST_DEFAULTS.s
+    a: int = _MODEST_DEFAULTS.a
+    sf: float = _MODEST_DEFAULTS.sf
+    ping_timeout: float = _MODEST_DEFAULTS.ping_timeout
+    ping_interval: float = _MODEST_DEFAULTS.ping_interval
+    inactivity_threshold: int = _MODEST_DEFAULTS.inactivity_threshold
+    aggregation_timeout: float | None = _MODEST_DEFAULTS.aggregation_timeout
+    min_models: int = _MODEST_DEFAULTS.min_models
+    round_timeout: float | None = _MODEST_DEFAULTS.round_timeout
 
     @field_validator("participants", mode="before")
     @classmethod
