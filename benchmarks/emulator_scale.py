@@ -98,7 +98,8 @@ def case_baseline(nodes: int, rounds: int, seed: int) -> dict:
 
 def _emulate(config_kwargs: dict) -> dict:
     from simulations import emulator
-    from simulations.emulator import EmulationConfig, run_emulation
+    from simulations.config import EmulationConfig, make_task
+    from simulations.emulator import run_emulation
 
     timings: dict[str, float] = {}
     original_build = emulator._Emulation._build
@@ -111,10 +112,6 @@ def _emulate(config_kwargs: dict) -> dict:
     emulator._Emulation._build = timed_build
     started = time.perf_counter()
     config = EmulationConfig(**config_kwargs)
-    # The task factory moved between versions of the emulator: take whichever this one has.
-    make_task = getattr(emulator, "make_task", None) or getattr(emulator, "_make_task", None)
-    if make_task is None:
-        from simulations.config import make_task
     task = make_task(config)
     graph = emulator._graph(config, 0)
     graph_s = time.perf_counter() - started
@@ -128,43 +125,36 @@ def _emulate(config_kwargs: dict) -> dict:
         "wall_s": wall_s,
         "stalled": result.stalled,
         "summary_rows": len(result.rounds),
-        "accuracy": None if last is None else getattr(last, "mean_accuracy", None),
+        "accuracy": None if last is None else last.mean_accuracy,
         "messages": result.messages_sent,
         "bytes": result.bytes_sent,
     }
 
 
-def case_dpsgd(nodes: int, rounds: int, seed: int) -> dict:
+def _synthetic(protocol: str, nodes: int, rounds: int, seed: int, **extra: object) -> dict:
+    """`protocol` on a random 4-regular graph with the synthetic task, one step per round."""
     return _emulate(
         dict(
             nodes=nodes,
             topology="random_regular",
             topology_params={"degree": 4},
             task="synthetic",
-            protocol="dpsgd",
+            protocol=protocol,
             local_steps=1,
             rounds=rounds,
             evaluate_every=rounds,
             seed=seed,
+            **extra,
         )
     )
+
+
+def case_dpsgd(nodes: int, rounds: int, seed: int) -> dict:
+    return _synthetic("dpsgd", nodes, rounds, seed)
 
 
 def case_modest(nodes: int, rounds: int, seed: int, s: int = 10) -> dict:
-    return _emulate(
-        dict(
-            nodes=nodes,
-            topology="random_regular",
-            topology_params={"degree": 4},
-            task="synthetic",
-            protocol="modest",
-            protocol_params={"s": s},
-            local_steps=1,
-            rounds=rounds,
-            evaluate_every=rounds,
-            seed=seed,
-        )
-    )
+    return _synthetic("modest", nodes, rounds, seed, protocol_params={"s": s})
 
 
 CASES = {"baseline": case_baseline, "dpsgd": case_dpsgd, "modest": case_modest}
