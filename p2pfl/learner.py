@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
@@ -21,13 +22,56 @@ class Evaluation:
     samples: int
 
 
+class LocalLearner(Protocol):
+    """What a `Node` needs of its learner. `Learner` is the one people use; an emulator may supply
+    another (e.g. one whose training runs batched with other nodes' and so returns no loss)."""
+
+    @property
+    def num_samples(self) -> int: ...
+
+    @property
+    def batch_size(self) -> int: ...
+
+    @property
+    def has_test_data(self) -> bool: ...
+
+    def state(self) -> ModelState: ...
+
+    def load(self, state: ModelState) -> None: ...
+
+    def train(self, *, steps: int) -> float | None: ...
+
+    def evaluate(self) -> Evaluation: ...
+
+
+class ShuffledBatches:
+    """Batches of a data set from a seeded shuffle that carries on across calls and epochs.
+
+    `TensorDataset`s are sliced directly on their device (no DataLoader), which matters for the small
+    models emulations run by the thousand.
+    """
+
+    def __init__(self, data: Dataset, batch_size: int, device: torch.device, *, seed: int) -> None:
+        self.data = data
+        self.batch_size = batch_size
+        self.device = device
+        self._generator = torch.Generator().manual_seed(seed)
+        self._batches: Iterator = iter(())
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        batch = next(self._batches, None)
+        if batch is None:
+            self._batches = _batches(self.data, self.batch_size, self.device, generator=self._generator)
+            batch = next(self._batches)
+        return batch
+
+
 class Learner:
     """A model, its optimizer and the node's train/test data, all on one device.
 
-    Batches come from a seeded shuffle that carries on across calls, so `train(steps=5)` twice is
-    the same as `train(steps=10)` and two learners with the same seed see the same batches.
-    Datasets that are a `TensorDataset` are moved to the device once and sliced directly, which
-    avoids DataLoader overhead for the small models emulations run by the thousand.
+    Batches come from a seeded shuffle that carries on across calls (`ShuffledBatches`), so
+    `train(steps=5)` twice is the same as `train(steps=10)` and two learners with the same seed see
+    the same batches. Datasets that are a `TensorDataset` are moved to the device once.
     """
 
     def __init__(
@@ -53,10 +97,8 @@ class Learner:
         self.optimizer = (optimizer or (lambda params: torch.optim.SGD(params, lr=lr)))(model.parameters())
         self.loss_fn = loss_fn or torch.nn.functional.cross_entropy
         self.num_samples = len(train_data)
-        self._generator = torch.Generator().manual_seed(seed)
-        self._train = _on_device(train_data, self.device)
-        self._test = _on_device(test_data, self.device) if test_data is not None else None
-        self._batches: Iterator = iter(())
+        self._train = ShuffledBatches(on_device(train_data, self.device), batch_size, self.device, seed=seed)
+        self._test = on_device(test_data, self.device) if test_data is not None else None
         self._plain_loading: bool | None = None  # whether `load` may copy tensors in directly
 
     @property
@@ -109,7 +151,7 @@ class Learner:
         self.model.train()
         total = torch.zeros((), device=self.device)
         for _ in range(steps):
-            inputs, targets = self._next_batch()
+            inputs, targets = self._train.next()
             self.optimizer.zero_grad(set_to_none=True)
             loss = self.loss_fn(self.model(inputs), targets)
             loss.backward()
@@ -120,26 +162,30 @@ class Learner:
     @torch.no_grad()
     def evaluate(self, data: Dataset | None = None) -> Evaluation:
         """Accuracy and mean loss on `data`, by default the learner's test set."""
-        data = _on_device(data, self.device) if data is not None else self._test
+        data = on_device(data, self.device) if data is not None else self._test
         if data is None:
             raise ValueError("no test data: pass data= or give the learner test_data")
         self.model.eval()
-        correct = torch.zeros((), device=self.device)
-        loss = torch.zeros((), device=self.device)
-        count = 0
-        for inputs, targets in _batches(data, 1024, self.device, generator=None):
-            logits = self.model(inputs)
-            loss += self.loss_fn(logits, targets, reduction="sum")
-            correct += (logits.argmax(dim=1) == targets).sum()
-            count += len(targets)
-        return Evaluation(accuracy=correct.item() / count, loss=loss.item() / count, samples=count)
+        return evaluate_on(self.model, data, self.loss_fn, self.device)
 
-    def _next_batch(self):
-        batch = next(self._batches, None)
-        if batch is None:
-            self._batches = _batches(self._train, self.batch_size, self.device, generator=self._generator)
-            batch = next(self._batches)
-        return batch
+
+@torch.no_grad()
+def evaluate_on(
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    data: Dataset,
+    loss_fn: Callable[..., torch.Tensor],
+    device: torch.device,
+) -> Evaluation:
+    """Accuracy and mean loss of `forward` (inputs -> logits) on `data`, in batches of 1024."""
+    correct = torch.zeros((), device=device)
+    loss = torch.zeros((), device=device)
+    count = 0
+    for inputs, targets in _batches(data, 1024, device, generator=None):
+        logits = forward(inputs)
+        loss += loss_fn(logits, targets, reduction="sum")
+        correct += (logits.argmax(dim=1) == targets).sum()
+        count += len(targets)
+    return Evaluation(accuracy=correct.item() / count, loss=loss.item() / count, samples=count)
 
 
 def _loads_plainly(model: torch.nn.Module) -> bool:
@@ -154,7 +200,7 @@ def _loads_plainly(model: torch.nn.Module) -> bool:
     )
 
 
-def _on_device(data: Dataset, device: torch.device) -> Dataset:
+def on_device(data: Dataset, device: torch.device) -> Dataset:
     if isinstance(data, TensorDataset):
         return TensorDataset(*(t.to(device) for t in data.tensors))
     return data

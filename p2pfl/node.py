@@ -17,7 +17,7 @@ from p2pfl.aggregation import Aggregator, Contribution, FedAvg
 from p2pfl.attacks.model_poisoning import ModelPoisoning
 from p2pfl.compute import Compute, ThreadCompute
 from p2pfl.errors import IncompatibleModel
-from p2pfl.learner import Learner
+from p2pfl.learner import LocalLearner
 from p2pfl.model_state import ModelState
 from transport.base import PeerId, Transport
 from transport.messages import ModelPayload
@@ -69,7 +69,7 @@ class Node:
     def __init__(
         self,
         transport: Transport,
-        learner: Learner,
+        learner: LocalLearner,
         *,
         protocol: RoundProtocol,
         aggregator: Aggregator | None = None,

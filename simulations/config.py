@@ -94,6 +94,10 @@ class EmulationConfig:
     # honest models that recorded the round to their average (costs a model copy per node).
     consensus: bool = False
     record_nodes: bool = False  # put every node's per-round accuracy in its summary
+    # Train all nodes' models as rows of one tensor, one vmap-ed SGD step for every node that trains at
+    # the same virtual instant (simulations/learner_pool.py), where the model allows (float
+    # parameters, no buffers; not digits_transfer). Matches per-node training up to float rounding.
+    batched_training: bool = True
     seconds_per_step: float = 0.001
     seed: int = 0
 

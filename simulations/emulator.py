@@ -11,6 +11,7 @@ import random
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import networkx as nx
@@ -32,7 +33,7 @@ from p2pfl.attacks import LabelFlip, choose_byzantine
 from p2pfl.compute import VirtualCompute
 from p2pfl.datasets import dirichlet_split, iid_split, labels_of, take
 from p2pfl.errors import ConfigError
-from p2pfl.learner import Learner
+from p2pfl.learner import Learner, LocalLearner
 from p2pfl.model_state import ModelState
 from p2pfl.node import Node, RoundRecord
 from p2pfl.transfer import KeepLocal
@@ -46,6 +47,7 @@ from simulations.config import (
     make_task,
     protocol_params,
 )
+from simulations.learner_pool import LearnerPool, poolable
 from simulations.results import ConsensusTracker, EmulationResult, summarise_nodes, summarise_rounds
 from simulations.seeds import derive_seed
 from simulations.task import Task
@@ -214,25 +216,11 @@ class _Emulation:
         transports = [network.add_peer(peer_id) for peer_id in self.peer_ids]
         for a, b, params in self.links:
             network.connect(a, b, **params)
+        self.pool = _learner_pool(config, task)
         for i, transport in enumerate(transports):
-            init_seed = derive_seed(config.seed, _INIT, i if config.init == "independent" else 0)
             attack = make_attack(config) if i in self.byzantine else None
-            model = task.make_model(seed=init_seed)
-            if isinstance(task, TransferTask):
-                train, aggregator = self._transfer_node(i, model)
-            else:
-                train = self._local_data(i)
-                aggregator = build_aggregator(config.aggregation, **config.aggregation_params)
-            if isinstance(attack, LabelFlip):
-                train, attack = attack.apply(train), None  # data poisoning: it then trains honestly
-            learner = Learner(
-                model,
-                train,
-                task.test,
-                batch_size=config.batch_size,
-                lr=config.lr,
-                seed=derive_seed(config.seed, _BATCHES, i),
-            )
+            flip = attack if isinstance(attack, LabelFlip) else None  # data poisoning: trains honestly
+            learner, aggregator = self._learner(i, flip)
             self.nodes.append(
                 Node(
                     transport,
@@ -243,11 +231,32 @@ class _Emulation:
                     evaluate_every=config.evaluate_every,
                     compute=VirtualCompute(config.seconds_per_step / self.speeds[i]),
                     observer=self,
-                    attack=attack,
+                    attack=None if flip is not None else attack,
                     attack_seed=derive_seed(config.seed, _ATTACK, i),
                 )
             )
             self.scopes.append(trio.CancelScope())
+
+    def _learner(self, index: int, flip: LabelFlip | None) -> tuple[LocalLearner, Aggregator]:
+        """Node `index`'s learner (pooled when the pool can take it) and aggregator."""
+        config, task = self.config, self.task
+        init_seed = derive_seed(config.seed, _INIT, index if config.init == "independent" else 0)
+        batch_seed = derive_seed(config.seed, _BATCHES, index)
+        if self.pool is not None:
+            data = partial(self._train_data, index, flip)
+            learner = self.pool.learner(data=data, init_seed=init_seed, seed=batch_seed)
+            return learner, build_aggregator(config.aggregation, **config.aggregation_params)
+        model = task.make_model(seed=init_seed)
+        if isinstance(task, TransferTask):
+            train, aggregator = self._transfer_node(index, model)
+            train = flip.apply(train) if flip is not None else train
+        else:
+            train = self._train_data(index, flip)
+            aggregator = build_aggregator(config.aggregation, **config.aggregation_params)
+        learner = Learner(
+            model, train, task.test, batch_size=config.batch_size, lr=config.lr, seed=batch_seed
+        )
+        return learner, aggregator
 
     def _transfer_node(self, index: int, model: torch.nn.Module) -> tuple[Dataset, Aggregator]:
         """digits_transfer: the node's data (by its rank among the honest nodes) and aggregator; its
@@ -268,6 +277,10 @@ class _Emulation:
             return data.train, make_bristle(config, features, labels, data.classes, seed=seed)
         rule = build_aggregator(config.aggregation, **config.aggregation_params)
         return data.train, KeepLocal(rule, ("bias",))
+
+    def _train_data(self, index: int, flip: LabelFlip | None) -> Dataset:
+        data = self._local_data(index)
+        return flip.apply(data) if flip is not None else data
 
     def _local_data(self, index: int) -> Dataset:
         if self.task.local_data is not None:
@@ -379,6 +392,16 @@ class _Emulation:
                 for neighbour in sorted(self.nodes[index].transport.peers()):
                     self.network.disconnect(peer, neighbour)
             self.scopes[index].cancel()
+
+
+def _learner_pool(config: EmulationConfig, task: Task) -> LearnerPool | None:
+    """The pool that trains every node's model in batches, when the config asks for it and the task's
+    model allows it (see simulations/learner_pool.py)."""
+    if not config.batched_training or isinstance(task, TransferTask):
+        return None
+    if not poolable(task.make_model(seed=0)):
+        return None
+    return LearnerPool(task.make_model, lr=config.lr, batch_size=config.batch_size, test_data=task.test)
 
 
 def _speeds(config: EmulationConfig, attributes: list[dict[str, Any]]) -> list[float]:

@@ -10,7 +10,7 @@ from p2pfl.daemon.task import PlainSGD, build_learner
 
 def test_shards_are_disjoint_and_cover_the_training_set(tmp_path):
     learners = [build_learner(node_config(tmp_path, index=i, of=3)) for i in range(3)]
-    rows = [{tuple(x.tolist()) for x in learner._train.tensors[0]} for learner in learners]
+    rows = [{tuple(x.tolist()) for x in learner._train.data.tensors[0]} for learner in learners]
     assert sum(len(r) for r in rows) == sum(learner.num_samples for learner in learners)
     assert not (rows[0] & rows[1]) and not (rows[1] & rows[2])
     assert all(learner.state().flat.equal(learners[0].state().flat) for learner in learners)

@@ -55,7 +55,7 @@ def test_transfer_nodes_exchange_only_the_output_layer_and_hold_only_their_class
         assert state.layout.names == ("weight", "bias")
         assert list(state.tensor("weight").shape) == [10, 32]
         assert not state.flat.any()  # W and bias start at zero
-        labels = node.learner._train.tensors[1]
+        labels = node.learner._train.data.tensors[1]
         if index in emulation.byzantine:
             assert sorted(labels.unique().tolist()) == list(range(10))
             assert node.learner.model.trainable.all()
