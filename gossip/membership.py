@@ -32,11 +32,13 @@ any, so a bad message changes nothing.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Iterator
+import hashlib
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from enum import IntEnum
+from types import MappingProxyType
 
-__all__ = ["PeerRecord", "Status", "View", "ViewEntry", "merge_records"]
+__all__ = ["MemberList", "PeerRecord", "Status", "View", "ViewEntry", "merge_records"]
 
 
 class Status(IntEnum):
@@ -124,11 +126,39 @@ class ViewEntry:
         )
 
 
-@functools.lru_cache(maxsize=8)
-def _members(peers: tuple[str, ...], round: int) -> dict[str, PeerRecord]:
-    """Validated once per member list: the nodes of an emulation share theirs (callers copy it)."""
-    record = PeerRecord(_check_count(round, "round"), 1, Status.JOIN)
-    return dict.fromkeys((_check_peer(p, "peer") for p in peers), record)
+@dataclass(frozen=True, eq=False)
+class MemberList:
+    """The members every node of a deployment starts from, each joined at `round`; shared, immutable.
+
+    A `View` built on it stores only what differs from it, so 100,000 emulated nodes share one list
+    instead of holding 100,000 copies, and a view travels as its differences (`View.delta`) plus the
+    list's `digest`: a receiver with the same digest has the rest already.
+    """
+
+    peers: frozenset[str]
+    round: int = 0
+
+    @classmethod
+    def of(cls, peers: Iterable[str], *, round: int = 0) -> MemberList:
+        return cls(frozenset(_check_peer(p, "peer") for p in peers), _check_count(round, "round"))
+
+    def __contains__(self, peer: object) -> bool:
+        return peer in self.peers
+
+    def __len__(self) -> int:
+        return len(self.peers)
+
+    @functools.cached_property
+    def record(self) -> PeerRecord:
+        """Every member's record: what `View.join(member, round)` gives on an empty view."""
+        return PeerRecord(self.round, 1, Status.JOIN)
+
+    @functools.cached_property
+    def digest(self) -> bytes:
+        h = hashlib.sha256(self.round.to_bytes(8, "big"))
+        for peer in sorted(self.peers):
+            h.update(peer.encode("utf-8") + b"\0")
+        return h.digest()[:16]
 
 
 class View:
@@ -136,60 +166,89 @@ class View:
 
     A peer absent from the view is treated as if it had the record ``(0, 0, JOIN)`` when a local
     update touches it, so the first `join` gives index 1 and the first `leave` index 1 LEAVE.
+    A view made `with_members` holds a shared `MemberList` plus the records that differ from it.
     """
 
-    __slots__ = ("_own_id", "_own_status", "_records")
+    __slots__ = ("_base", "_own_id", "_own_status", "_records")
 
     def __init__(self, own_id: str, entries: Iterable[ViewEntry] = ()) -> None:
         self._own_id = _check_peer(own_id, "View.own_id")
-        self._records: dict[str, PeerRecord] = {}
+        self._base: MemberList | None = None
+        self._records: dict[str, PeerRecord] = {}  # those that differ from the base, if any
         # What this node last said about itself (None until join/leave of own_id).
         self._own_status: Status | None = None
         self.merge(entries)
 
     @classmethod
-    def with_members(cls, own_id: str, peers: Iterable[str], *, round: int = 0) -> View:
-        """A view in which every one of `peers` joined at `round`: what `join` gives each, built
-        in one pass, since every node of a large emulation starts from the same member list."""
+    def with_members(cls, own_id: str, peers: MemberList | Iterable[str], *, round: int = 0) -> View:
+        """A view in which every one of `peers` joined at `round` (a `MemberList` brings its own
+        round): what `join` gives each, without a copy per node of the shared list."""
         view = cls(own_id)
-        view._records = dict(_members(tuple(peers), round))
+        view._base = peers if isinstance(peers, MemberList) else MemberList.of(peers, round=round)
         return view
 
     @property
     def own_id(self) -> str:
         return self._own_id
 
+    @property
+    def base(self) -> MemberList | None:
+        return self._base
+
+    @property
+    def base_digest(self) -> bytes:
+        """The digest of the member list this view was made with; empty when it has none."""
+        return self._base.digest if self._base is not None else b""
+
+    def overrides(self) -> Mapping[str, PeerRecord]:
+        """The records that differ from the member list (all of them without one); read-only, live."""
+        return MappingProxyType(self._records)
+
     def record(self, peer: str) -> PeerRecord | None:
-        return self._records.get(peer)
+        record = self._records.get(peer)
+        if record is None and self._base is not None and peer in self._base.peers:
+            return self._base.record
+        return record
 
     def records(self) -> dict[str, PeerRecord]:
         """A copy of all records, by peer id."""
-        return dict(self._records)
+        base = dict.fromkeys(self._base.peers, self._base.record) if self._base is not None else {}
+        return base | self._records
 
     def __len__(self) -> int:
-        return len(self._records)
+        if self._base is None:
+            return len(self._records)
+        return len(self._base) + sum(1 for peer in self._records if peer not in self._base.peers)
 
     def __contains__(self, peer: object) -> bool:
-        return peer in self._records
+        return peer in self._records or (self._base is not None and peer in self._base.peers)
 
     def __iter__(self) -> Iterator[str]:
         """Known peer ids, sorted."""
-        return iter(sorted(self._records))
+        return iter(sorted(self.records()))
 
     def __repr__(self) -> str:
-        return f"View(own_id={self._own_id!r}, {len(self._records)} peers)"
+        return f"View(own_id={self._own_id!r}, {len(self)} peers)"
+
+    def _put(self, peer: str, record: PeerRecord) -> None:
+        base = self._base
+        if base is not None and record == base.record and peer in base.peers:
+            self._records.pop(peer, None)
+        else:
+            self._records[peer] = record
 
     # --- local updates ----------------------------------------------------------------------------
 
     def _set_status(self, peer: str, round: int, status: Status) -> PeerRecord:
         _check_peer(peer, "peer")
         _check_count(round, "round")
-        old = self._records.get(peer, PeerRecord(0, 0, Status.JOIN))
+        known = self.record(peer)
+        old = known or PeerRecord(0, 0, Status.JOIN)
         index = old.membership_index
-        if peer not in self._records or old.status is not status:
+        if known is None or old.status is not status:
             index += 1  # only a change of status needs a new index; repeating one is idempotent
         new = PeerRecord(max(old.last_active, round), index, status)
-        self._records[peer] = new
+        self._put(peer, new)
         if peer == self._own_id:
             self._own_status = status
         return new
@@ -210,14 +269,14 @@ class View:
         """
         _check_peer(peer, "peer")
         _check_count(round, "round")
-        old = self._records.get(peer)
+        old = self.record(peer)
         if old is None:
             new = PeerRecord(round, 0, Status.JOIN)
         elif round > old.last_active:
             new = PeerRecord(round, old.membership_index, old.status)
         else:
             return old
-        self._records[peer] = new
+        self._put(peer, new)
         return new
 
     # --- merging ----------------------------------------------------------------------------------
@@ -230,26 +289,25 @@ class View:
         with `ViewEntry.to_record` and merge the survivors.
         """
         if isinstance(other, View):
-            incoming = list(other._records.items())
+            incoming = list(other.records().items())
         else:
             incoming = [(entry.peer, entry.to_record()) for entry in other]
         changed: set[str] = set()
         for peer, record in incoming:
-            old = self._records.get(peer)
+            old = self.record(peer)
             new = record if old is None else merge_records(old, record)
             if new != old:
-                self._records[peer] = new
+                self._put(peer, new)
                 changed.add(peer)
         if self._own_id in changed:
             self._reassert_own_status()
         return sorted(changed)
 
     def _reassert_own_status(self) -> None:
-        own = self._records[self._own_id]
+        own = self.record(self._own_id)
+        assert own is not None
         if self._own_status is not None and own.status is not self._own_status:
-            self._records[self._own_id] = PeerRecord(
-                own.last_active, own.membership_index + 1, self._own_status
-            )
+            self._put(self._own_id, PeerRecord(own.last_active, own.membership_index + 1, self._own_status))
 
     # --- queries ----------------------------------------------------------------------------------
 
@@ -265,7 +323,7 @@ class View:
         oldest = round - inactivity_threshold
         result = {
             peer
-            for peer, record in self._records.items()
+            for peer, record in self.records().items()
             if record.status is Status.JOIN and record.last_active >= oldest
         }
         result.add(self._own_id)
@@ -273,4 +331,13 @@ class View:
 
     def entries(self) -> list[ViewEntry]:
         """The whole view in wire form, sorted by peer id."""
-        return [ViewEntry.from_record(peer, self._records[peer]) for peer in sorted(self._records)]
+        return _wire(self.records())
+
+    def delta(self) -> list[ViewEntry]:
+        """The records that differ from the member list, in wire form: with `base_digest`, all a
+        receiver made with the same list needs (merging a member's base record changes nothing)."""
+        return _wire(self._records)
+
+
+def _wire(records: Mapping[str, PeerRecord]) -> list[ViewEntry]:
+    return [ViewEntry.from_record(peer, records[peer]) for peer in sorted(records)]

@@ -19,15 +19,16 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from itertools import islice
 
 import trio
 
 from gossip.learning import Learning
-from gossip.membership import View, ViewEntry
+from gossip.membership import MemberList, View, ViewEntry
 from gossip.modest_settings import ModestSettings
 from gossip.ping import Ping, Pinger, Pong
 from gossip.protocol import RoundProtocol
-from gossip.sampling import sample_order, select_available
+from gossip.sampling import active_order, sample_order, select_available
 from transport.base import PeerId, Received, Transport
 from transport.codec import message
 from transport.errors import PeerUnreachable
@@ -38,24 +39,34 @@ log = logging.getLogger(__name__)
 _LEAVE_DEADLINE = 1.0  # seconds a stopping node spends telling peers it leaves
 
 
-@message("modest_model", version=1)
+@message("modest_model", version=2)
 @dataclass(frozen=True, slots=True, eq=False)
 class ModestModel:
-    """A model of `round`: trained by a member of Sample(round), or (`aggregated`) their merge."""
+    """A model of `round`: trained by a member of Sample(round), or (`aggregated`) their merge.
+
+    `view` is the sender's view as its differences from the member list whose digest is `base`
+    (empty `base`: the whole view). Version 1 carried the whole view every time.
+    """
 
     round: int
     aggregated: bool
     model: ModelPayload
     view: list[ViewEntry]
+    base: bytes
 
 
-@message("membership_update", version=1)
+@message("membership_update", version=2)
 @dataclass(frozen=True, slots=True, eq=False)
 class MembershipUpdate:
-    """A view sent outside a round: a join or leave advertisement, or (`reply`=False) the answer to one."""
+    """A view sent outside a round: a join or leave advertisement, or (`reply`=False) the answer to one.
+
+    `view` and `base` as in `ModestModel`. A node that gets a view against a member list it does not
+    have asks for the whole view with a `reply` update of its own whole view (empty `base`).
+    """
 
     view: list[ViewEntry]
     reply: bool
+    base: bytes
 
 
 @dataclass(frozen=True)
@@ -63,15 +74,17 @@ class Modest(RoundProtocol):
     """The MoDeST round protocol.
 
     `participants`: peers known to be members from the start (the bootstrap view; every node of a
-    deployment should be given the same list). A node not in it joins: it advertises itself to
-    `join_fanout` of them and trains once a sample picks it. The run ends on this node when it has
-    adopted the aggregate of round `rounds`; a node never sampled again serves until cancelled.
-    Cancelled before that, it advertises its leave to `join_fanout` peers unless `leave_on_stop`
-    is False (an emulator stopping every node at once has nobody left to tell).
+    deployment should be given the same list, which then never travels: only the differences from
+    it do). A `MemberList` shares one list between the nodes of an emulation. A node not in it
+    joins: it advertises itself to `join_fanout` of them and trains once a sample picks it. The run
+    ends on this node when it has adopted the aggregate of round `rounds`; a node never sampled
+    again serves until cancelled. Cancelled before that, it advertises its leave to `join_fanout`
+    peers unless `leave_on_stop` is False (an emulator stopping every node at once has nobody left
+    to tell).
     """
 
     rounds: int
-    participants: tuple[PeerId, ...]
+    participants: tuple[PeerId, ...] | MemberList
     settings: ModestSettings = field(default_factory=ModestSettings)
     join_fanout: int = 3
     leave_on_stop: bool = True
@@ -97,6 +110,7 @@ class _ModestNode:
         self.own = transport.peer_id
         self.view = View.with_members(self.own, protocol.participants)
         self.joining = self.own not in protocol.participants
+        self.asked_for_views: set[PeerId] = set()  # peers with another member list, asked once
         self.view.join(self.own, 0)
         self.pinger = Pinger(transport, interval=self.settings.ping_interval)
         self.adopted_round = 0  # newest aggregate this node adopted (0: the initial model)
@@ -140,17 +154,37 @@ class _ModestNode:
         if isinstance(event.message, Pong):
             self.view.mark_active(event.sender, self.adopted_round)
 
-    def _merge_view(self, sender: PeerId, entries: list[ViewEntry]) -> bool:
+    def _merge_view(self, sender: PeerId, entries: list[ViewEntry], base: bytes) -> bool:
         try:
             self.view.merge(entries)
         except ValueError as exc:
             self.transport.stats.messages_rejected += 1
             log.warning("%s dropped a message from %s with a bad view: %s", self.own, sender, exc)
             return False
+        if base and base != self.view.base_digest and sender not in self.asked_for_views:
+            self.asked_for_views.add(sender)
+            self.nursery.start_soon(self._ask_for_view, sender)
         return True
 
+    async def _ask_for_view(self, peer: PeerId) -> None:
+        """`peer` started from another member list: swap whole views once."""
+        log.info("%s and %s started from different member lists; exchanging whole views", self.own, peer)
+        try:
+            await self.transport.send(peer, MembershipUpdate(self.view.entries(), reply=True, base=b""))
+        except PeerUnreachable as exc:
+            log.info("%s could not ask %s for its view: %s", self.own, peer, exc)
+
+    def _view_for(self, base: bytes) -> tuple[list[ViewEntry], bytes]:
+        """The own view for a peer whose member list has digest `base`: the differences if it is ours."""
+        if base and base == self.view.base_digest:
+            return self.view.delta(), base
+        return self.view.entries(), b""
+
+    def _outgoing_view(self) -> tuple[list[ViewEntry], bytes]:
+        return self.view.delta(), self.view.base_digest
+
     def _on_model(self, sender: PeerId, msg: ModestModel) -> None:
-        if not self._merge_view(sender, msg.view):
+        if not self._merge_view(sender, msg.view, msg.base):
             return
         self.view.mark_active(sender, msg.round)
         if msg.aggregated:
@@ -159,20 +193,26 @@ class _ModestNode:
             self._on_trained(sender, msg.round, msg.model)
 
     async def _on_membership(self, sender: PeerId, msg: MembershipUpdate) -> None:
-        if not self._merge_view(sender, msg.view):
+        if not self._merge_view(sender, msg.view, msg.base):
             return
         if msg.reply:
             # A join advertisement: the joiner cannot know the current round, so the peers it
             # told vouch for it; its record then spreads with their model messages.
             self.view.mark_active(sender, self.adopted_round)
+            view, base = self._view_for(msg.base)
             try:
-                await self.transport.send(sender, MembershipUpdate(self.view.entries(), reply=False))
+                await self.transport.send(sender, MembershipUpdate(view, reply=False, base=base))
             except PeerUnreachable as exc:
                 log.info("%s could not answer %s's membership update: %s", self.own, sender, exc)
 
     # --- trainer ------------------------------------------------------------------------------------
 
     async def _start_if_sampled(self) -> None:
+        depth = self.settings.start_depth
+        if depth is not None:
+            ahead = islice(active_order(self.view, 1, self.settings.inactivity_threshold), depth)
+            if self.own not in ahead:
+                return  # too far down order(1) to be needed: wait for a sample to pick this node
         sample = await self._sample(1, self.settings.s)
         if self.own in sample and self.adopted_round == 0 and self.training is None:
             self._start_training(1, None)
@@ -208,7 +248,7 @@ class _ModestNode:
                 aggregators = await self._sample(round + 1, self.settings.a)
                 if any(self.pinger.reported.get(peer, 0) >= round for peer in aggregators):
                     return  # an aggregator has merged this round already: nothing to re-send
-                outgoing = ModestModel(round, False, trained, self.view.entries())
+                outgoing = ModestModel(round, False, trained, *self._outgoing_view())
                 for aggregator in aggregators:
                     await self._send(aggregator, outgoing)
                 if self.settings.round_timeout is None:
@@ -245,7 +285,7 @@ class _ModestNode:
         if merged is None:
             return
         sample = await self._sample(round + 1, self.settings.s)
-        outgoing = ModestModel(round, True, merged, self.view.entries())
+        outgoing = ModestModel(round, True, merged, *self._outgoing_view())
         # Self last: adopting the final round's aggregate ends this node's run, which must not cut
         # off the copies still to be sent to the rest of the sample.
         for peer in sorted(sample, key=lambda peer: peer == self.own):
@@ -255,9 +295,8 @@ class _ModestNode:
 
     async def _sample(self, round: int, count: int) -> list[PeerId]:
         """The first `count` available nodes of Sample(`round`)."""
-        candidates = self.view.active(round, self.settings.inactivity_threshold)
         return await select_available(
-            sample_order(candidates, round),
+            active_order(self.view, round, self.settings.inactivity_threshold),
             count,
             self.pinger.is_available,
             timeout=self.settings.ping_timeout,
@@ -278,7 +317,8 @@ class _ModestNode:
         """Send the own view (and so the own JOIN or LEAVE) to the first `fanout` reachable peers."""
         everyone = self.view.active(self.adopted_round, self.adopted_round)
         peers = [peer for peer in everyone if peer != self.own]
-        update = MembershipUpdate(self.view.entries(), reply=reply)
+        view, base = self._outgoing_view()
+        update = MembershipUpdate(view, reply=reply, base=base)
         told = 0
         for peer in sample_order(peers, self.adopted_round):
             if told >= fanout:

@@ -41,6 +41,11 @@ class ModestSettings:
       model to the aggregators available then, again every `round_timeout` until an aggregator
       reports the round done; None trusts the first aggregators. This is what lets a run survive
       an aggregator crashing with the round's models in hand, or a whole sample crashing at once.
+    - `start_depth`: how far into order(1) a node looks to see whether it trains round 1. Checking
+      means pinging the first s candidates, so with None (every node checks: the protocol as
+      specified) a start costs N x s pings, which dominates runs of 100,000 nodes. A node further
+      than `start_depth` places in would only train round 1 if that many nodes ahead of it were
+      down at the start; it waits for a sample to pick it instead. ``start_depth >= s``.
     """
 
     s: int = 10
@@ -52,6 +57,7 @@ class ModestSettings:
     aggregation_timeout: float | None = None
     min_models: int = 1
     round_timeout: float | None = None
+    start_depth: int | None = None
 
     def __post_init__(self) -> None:
         if not _is_int(self.s) or self.s < 1:
@@ -84,6 +90,8 @@ class ModestSettings:
             raise ValueError(
                 f"round_timeout must be None or a finite number of seconds > 0, got {self.round_timeout!r}"
             )
+        if self.start_depth is not None and (not _is_int(self.start_depth) or self.start_depth < self.s):
+            raise ValueError(f"start_depth must be None or an int >= s={self.s}, got {self.start_depth!r}")
         if not _is_int(self.min_models) or not 1 <= self.min_models <= self.models_needed:
             raise ValueError(
                 f"min_models must be an int in [1, models_needed={self.models_needed}], "

@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import heapq
 import math
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 
 import trio
 
-__all__ = ["DEFAULT_PING_TIMEOUT", "order_key", "sample_order", "select_available"]
+from gossip.membership import MemberList, Status, View
+
+__all__ = ["DEFAULT_PING_TIMEOUT", "active_order", "order_key", "sample_order", "select_available"]
 
 DEFAULT_PING_TIMEOUT = 5.0  # seconds, as in the MoDeST reference code
 
@@ -50,8 +53,34 @@ def _order(candidates: tuple[str, ...], round: int) -> tuple[str, ...]:
     return tuple(sorted(candidates, key=lambda peer: (order_key(peer, round), peer)))
 
 
+def active_order(view: View, round: int, inactivity_threshold: int) -> Iterator[str]:
+    """`sample_order(view.active(round, inactivity_threshold), round)`, lazily and without O(N) work.
+
+    The view's member list is ordered once per round for every view that shares it (cached); the
+    few records that differ from it are ordered apart and merged in as the order is consumed, so
+    taking the first s of 100,000 candidates costs about s steps, not a sort.
+    """
+    oldest = round - inactivity_threshold
+    overrides = dict(view.overrides())  # a snapshot: the view may change while pings are out
+    own = view.own_id
+    active = {p for p, r in overrides.items() if r.status is Status.JOIN and r.last_active >= oldest}
+    active.add(own)
+    apart = sorted((order_key(peer, round), peer) for peer in active)
+    base = view.base
+    if base is None or not base.record.last_active >= oldest:
+        return (peer for _, peer in apart)
+    skip = overrides.keys() | {own}
+    members = ((key, peer) for key, peer in _member_order(base, round) if peer not in skip)
+    return (peer for _, peer in heapq.merge(members, apart))
+
+
+@functools.lru_cache(maxsize=4)
+def _member_order(members: MemberList, round: int) -> list[tuple[bytes, str]]:
+    return sorted((order_key(peer, round), peer) for peer in members.peers)
+
+
 async def select_available(
-    order: Sequence[str],
+    order: Iterable[str],
     count: int,
     is_available: Callable[[str], Awaitable[bool]],
     *,
@@ -75,14 +104,21 @@ async def select_available(
         raise ValueError(f"count must be a non-negative int, got {count!r}")
     if not (isinstance(timeout, int | float) and timeout > 0) or math.isnan(timeout):
         raise ValueError(f"timeout must be > 0 seconds, got {timeout!r}")
-    candidates = list(dict.fromkeys(order))
-    answered = [False] * len(candidates)
-    next_index = min(count, len(candidates))
+    source = _distinct(order)
+    candidates: list[str] = []  # drawn from `order` as needed: it may be long and lazy
+    answered: list[bool] = []
+
+    def draw() -> int | None:
+        peer = next(source, None)
+        if peer is None:
+            return None
+        candidates.append(peer)
+        answered.append(False)
+        return len(candidates) - 1
 
     failure: list[Exception] = []
 
     async def ping(index: int, nursery: trio.Nursery) -> None:
-        nonlocal next_index
         ok = False
         try:
             with trio.move_on_after(timeout):
@@ -92,13 +128,22 @@ async def select_available(
             nursery.cancel_scope.cancel()
             return
         answered[index] = ok
-        if not ok and next_index < len(candidates):
-            nursery.start_soon(ping, next_index, nursery)
-            next_index += 1
+        if not ok and (following := draw()) is not None:
+            nursery.start_soon(ping, following, nursery)
 
     async with trio.open_nursery() as nursery:
-        for index in range(next_index):
+        for _ in range(count):
+            if (index := draw()) is None:
+                break
             nursery.start_soon(ping, index, nursery)
     if failure:
         raise failure[0]
     return [peer for peer, ok in zip(candidates, answered, strict=True) if ok]
+
+
+def _distinct(peers: Iterable[str]) -> Iterator[str]:
+    seen: set[str] = set()
+    for peer in peers:
+        if peer not in seen:
+            seen.add(peer)
+            yield peer

@@ -181,6 +181,7 @@ class ModestProtocolConfig(_Strict):
     @classmethod
     def _participants(cls, value: object) -> object:
         if value != "discovered" and (not isinstance(value, list) or not value):
+    start_depth: int | None = _MODEST_DEFAULTS.start_depth
             raise ValueError(f'must be "discovered" or a non-empty list of peers, got {value!r}')
         return value
 

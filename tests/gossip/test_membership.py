@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gossip.membership import PeerRecord, Status, View, ViewEntry, merge_records
+from gossip.membership import MemberList, PeerRecord, Status, View, ViewEntry, merge_records
 from transport import codec
 
 # --- records and wire entries --------------------------------------------------------------------
@@ -293,3 +293,30 @@ def test_with_members_equals_joining_each_member():
     assert at_once.records() == one_by_one.records()
     with pytest.raises(ValueError, match="peer"):
         View.with_members("p3", ["ok", ""])
+
+
+# --- views on a shared member list ----------------------------------------------------------------
+
+
+def test_a_view_on_a_member_list_stores_and_sends_only_what_differs():
+    members = MemberList.of([f"p{i}" for i in range(1000)], round=0)
+    view = View.with_members("p1", members)
+    assert len(view) == 1000 and view.delta() == [] and view.base_digest == members.digest
+    view.join("p1", 0)  # what the member list says already: nothing to store
+    view.mark_active("p7", 3)
+    view.leave("p9", 4)
+    view.mark_active("newcomer", 2)
+    assert [e.peer for e in view.delta()] == ["newcomer", "p7", "p9"]
+    assert len(view) == 1001
+    # A view made from the same list merges the differences and ends equal to the whole view.
+    other = View.with_members("p2", members)
+    other.merge(view.delta())
+    reference = View("p2", view.entries())
+    assert other.records() == reference.records()
+
+
+def test_member_list_digests_differ_with_members_and_round():
+    assert MemberList.of(["a", "b"]).digest == MemberList.of(["b", "a"]).digest
+    assert MemberList.of(["a", "b"]).digest != MemberList.of(["a", "b", "c"]).digest
+    assert MemberList.of(["a", "b"]).digest != MemberList.of(["a", "b"], round=1).digest
+    assert View("a").base_digest == b""

@@ -4,7 +4,7 @@ import trio
 import trio.testing
 from scalar_learning import ScalarLearning
 
-from gossip.membership import ViewEntry
+from gossip.membership import MemberList, ViewEntry
 from gossip.modest import MembershipUpdate, Modest, ModestModel
 from gossip.modest_settings import ModestSettings
 from gossip.sampling import sample_order
@@ -147,7 +147,7 @@ def test_a_joining_node_gets_sampled_and_a_leaving_node_does_not():
 
 
 def test_a_message_with_a_bad_view_is_dropped_and_the_node_keeps_serving():
-    bad = ModestModel(1, True, ModelPayload({"x": np.array([99.0])}, 1.0), [ViewEntry("x", -1, 0, 0)])
+    bad = ModestModel(1, True, ModelPayload({"x": np.array([99.0])}, 1.0), [ViewEntry("x", -1, 0, 0)], b"")
     learning = ScalarLearning(0.0, peer_id="a")
 
     async def main():
@@ -171,8 +171,10 @@ def test_a_message_with_a_bad_view_is_dropped_and_the_node_keeps_serving():
 @pytest.mark.parametrize(
     "msg",
     [
-        ModestModel(3, False, ModelPayload({"w": np.zeros(2, np.float32)}, 2.0), [ViewEntry("p", 1, 2, 0)]),
-        MembershipUpdate([ViewEntry("p", 1, 2, 1), ViewEntry("q", 0, 0, 0)], reply=True),
+        ModestModel(
+            3, False, ModelPayload({"w": np.zeros(2, np.float32)}, 2.0), [ViewEntry("p", 1, 2, 0)], b"\x01"
+        ),
+        MembershipUpdate([ViewEntry("p", 1, 2, 1), ViewEntry("q", 0, 0, 0)], reply=True, base=b""),
     ],
 )
 def test_messages_round_trip(msg):
@@ -231,3 +233,99 @@ def test_every_node_of_the_last_sample_gets_the_final_aggregate(rounds):
 
     learnings = trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
     assert len(finishers(learnings, rounds)) == 3
+
+
+def test_views_travel_as_differences_and_a_node_with_another_member_list_gets_the_whole_view():
+    """`a` started from members {a, b, x}; `b` from {a, b}: the digests differ, so `a` sends its whole
+    view once, and answers `b`'s whole view with its own whole view."""
+    learning = ScalarLearning(0.0, peer_id="a")
+    settings = ModestSettings(s=1, ping_timeout=0.5)
+    protocol = Modest(rounds=50, participants=("a", "b", "x"), settings=settings)
+    other_list = MemberList.of(["a", "b"]).digest
+    model = ModelPayload({"x": np.array([1.0])}, 1.0)
+
+    async def main():
+        async with open_memory_network(dial_any=True) as net:
+            a, b = net.add_peer("a"), net.add_peer("b")
+            got = []
+
+            async def listen():
+                async for event in b.events:
+                    if isinstance(getattr(event, "message", None), MembershipUpdate):
+                        got.append(event.message)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(protocol.run, a, learning)
+                nursery.start_soon(listen)
+                await trio.sleep(0.05)
+                for _ in range(2):  # asked once, however many messages come
+                    await b.send("a", ModestModel(1, False, model, [ViewEntry("b", 1, 1, 0)], other_list))
+                await trio.sleep(0.05)
+                await b.send("a", MembershipUpdate([ViewEntry("b", 1, 1, 0)], reply=True, base=b""))
+                await trio.sleep(0.05)
+                nursery.cancel_scope.cancel()
+            return got
+
+    got = trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert [(m.reply, m.base) for m in got] == [(True, b""), (False, b"")]
+    assert all({"a", "b", "x"} <= {e.peer for e in m.view} for m in got)
+
+
+def test_a_model_message_carries_only_what_differs_from_the_member_list():
+    sent = []
+    members = tuple(f"p{i:02d}" for i in range(40))
+    protocol = Modest(rounds=2, participants=members, settings=ModestSettings(s=2))
+
+    async def main():
+        async with open_memory_network(latency=0.01, dial_any=True) as net:
+            transports = {p: net.add_peer(p) for p in protocol.participants}
+            for transport in transports.values():
+                send = transport.send
+
+                async def recording_send(peer, message, send=send):
+                    sent.append(message)
+                    await send(peer, message)
+
+                transport.send = recording_send
+            learnings = {p: ScalarLearning(0.0, peer_id=p, step=1.0) for p in transports}
+            with trio.move_on_after(100):
+                async with trio.open_nursery() as nursery:
+                    for p, t in transports.items():
+                        nursery.start_soon(protocol.run, t, learnings[p])
+                    while not any(r == 2 for lr in learnings.values() for r, _ in lr.finished):
+                        await trio.sleep(0.5)
+                    nursery.cancel_scope.cancel()
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    models = [m for m in sent if isinstance(m, ModestModel)]
+    assert models and all(m.base and len(m.view) < 10 for m in models)  # not 40 entries each
+
+
+def test_with_a_start_depth_only_the_head_of_order_one_pings_at_the_start():
+    """Every node checks Sample(1) by pinging the first s: N x s pings. With start_depth, nodes
+    further down wait; round 1 is trained by the same nodes, with far fewer messages."""
+    founders = tuple(f"p{i:02d}" for i in range(40))
+
+    def first_round(depth):
+        protocol = Modest(rounds=5, participants=founders, settings=ModestSettings(s=3, start_depth=depth))
+        learnings = {p: ScalarLearning(0.0, peer_id=p, step=1.0) for p in founders}
+
+        async def main():
+            async with open_memory_network(latency=0.01, dial_any=True) as net:
+                transports = {p: net.add_peer(p) for p in founders}
+                async with trio.open_nursery() as nursery:
+                    for p in founders:
+                        nursery.start_soon(protocol.run, transports[p], learnings[p])
+                    while not finishers(learnings, 1):
+                        await trio.sleep(0.05)
+                    nursery.cancel_scope.cancel()
+                return sum(t.stats.messages_sent for t in transports.values())
+
+        messages = trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+        return finishers(learnings, 1), messages
+
+    everyone, everyone_messages = first_round(None)
+    head, head_messages = first_round(3)
+    assert head == everyone and len(head) == 3
+    # What the 37 nodes past the head no longer send and get: a ping to each of the first 3, answered.
+    assert everyone_messages - head_messages == 2 * 3 * (len(founders) - 3)

@@ -14,8 +14,9 @@ import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gossip.membership import View
 from gossip.modest_settings import ModestSettings
-from gossip.sampling import DEFAULT_PING_TIMEOUT, sample_order, select_available
+from gossip.sampling import DEFAULT_PING_TIMEOUT, active_order, sample_order, select_available
 
 ROOT = Path(__file__).resolve().parents[2]
 PEERS = ["alice", "bob", "carol", "dave", "eve"]
@@ -290,3 +291,39 @@ def test_settings_accept_a_stall_proof_configuration():
     assert s.models_needed == 6
     with pytest.raises(ValueError, match="min_models"):
         ModestSettings(s=8, sf=0.5, min_models=5)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    changes=st.lists(
+        st.tuples(st.integers(0, 29), st.sampled_from(["active", "leave", "join"]), st.integers(0, 12)),
+        max_size=25,
+    ),
+    round_=st.integers(1, 12),
+    threshold=st.integers(0, 6),
+)
+def test_active_order_equals_the_order_of_the_active_view(changes, round_, threshold):
+    view = View.with_members("m3", [f"m{i}" for i in range(25)])
+    for peer, action, at in changes:
+        name = f"m{peer}"  # m25..m29 are not members: they arrive as differences only
+        {"active": view.mark_active, "leave": view.leave, "join": view.join}[action](name, at)
+    lazy = list(active_order(view, round_, threshold))
+    assert lazy == sample_order(view.active(round_, threshold), round_)
+
+
+def test_select_available_draws_from_the_order_only_as_far_as_it_needs():
+    drawn = []
+
+    def endless():
+        i = 0
+        while True:
+            drawn.append(i)
+            yield f"p{i}"
+            i += 1
+
+    async def answer(peer):
+        return peer not in ("p1", "p2")
+
+    got = trio.run(select_available, endless(), 3, answer)
+    assert got == ["p0", "p3", "p4"]
+    assert len(drawn) == 5
