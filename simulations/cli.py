@@ -197,8 +197,10 @@ def format_table(result: EmulationResult) -> str:
         )
     final = "n/a" if result.final_mean_accuracy is None else f"{result.final_mean_accuracy:.4f}"
     lines.append(
-        f"final mean accuracy {final} after {len(result.rounds)} rounds, "
-        f"{result.bytes_sent / 2**20:.2f} MiB sent, {result.wall_s:.1f} s wall"
+        f"final mean accuracy {final} after {result.rounds[-1].round if result.rounds else 0} rounds, "
+        f"{result.bytes_sent / 2**20:.2f} MiB sent\n"
+        f"wall {result.wall_s:.1f} s, peak RSS {result.peak_rss_mib:.0f} MiB, "
+        f"{result.node_rounds_per_s:.0f} node-rounds/s, {result.rounds_per_minute:.1f} rounds/min"
         + (" (STALLED: no round finished for stall_timeout)" if result.stalled else "")
     )
     return "\n".join(lines)

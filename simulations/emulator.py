@@ -8,6 +8,7 @@ config's seed, so a run is deterministic for a seed.
 from __future__ import annotations
 
 import random
+import resource
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -24,6 +25,7 @@ from torch.utils.data import Dataset
 from gossip.dpsgd import DPSGD
 from gossip.federated import FederatedLearning
 from gossip.gossip_learning import GossipLearning
+from gossip.membership import MemberList
 from gossip.modest import Modest
 from gossip.modest_settings import ModestSettings
 from gossip.protocol import RoundProtocol
@@ -104,6 +106,8 @@ def run_emulation(
         churn=plan,
         wall_s=wall_s,
         stalled=emulation.stalled,
+        node_rounds=sum(len(node.history) for node in emulation.nodes),
+        peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # KiB on Linux
         graph=nx.convert_node_labels_to_integers(graph, ordering="sorted"),
     )
 
@@ -173,6 +177,7 @@ class _Emulation:
         self.speeds = _speeds(config, [graph.nodes[label] for label in labels])
         self.links = _links(graph, dict(zip(labels, self.peer_ids, strict=True)))
         self.founders = tuple(p for i, p in enumerate(self.peer_ids) if i not in absent)
+        self.members = MemberList.of(self.founders)  # one list for every MoDeST node's view
         self.leaving = frozenset(n for e in plan if e.action == "leave" for n in e.nodes)
         self.byzantine = frozenset(
             choose_byzantine(
@@ -314,7 +319,7 @@ class _Emulation:
             join_fanout = params.pop("join_fanout", 3)
             return Modest(
                 rounds=config.rounds,
-                participants=founders,
+                participants=self.members,
                 settings=ModestSettings(**params),
                 join_fanout=join_fanout,
                 leave_on_stop=index in self.leaving,

@@ -62,6 +62,8 @@ class EmulationResult:
     churn: list[PlannedEvent]
     wall_s: float
     stalled: bool = False  # stopped because no round finished for `config.stall_timeout` virtual seconds
+    node_rounds: int = 0  # rounds finished, summed over the nodes (a MoDeST round counts its sample)
+    peak_rss_mib: float = 0.0  # of the whole process, at the end of the run
     # The topology the run started on, labelled by node index (not in the JSON).
     graph: nx.Graph | None = field(default=None, compare=False, repr=False)
 
@@ -78,6 +80,15 @@ class EmulationResult:
         return sum(n.bytes_sent for n in self.nodes)
 
     @property
+    def node_rounds_per_s(self) -> float:
+        return self.node_rounds / self.wall_s if self.wall_s > 0 else 0.0
+
+    @property
+    def rounds_per_minute(self) -> float:
+        last = self.rounds[-1].round if self.rounds else 0
+        return 60 * last / self.wall_s if self.wall_s > 0 else 0.0
+
+    @property
     def messages_sent(self) -> int:
         return sum(n.messages_sent for n in self.nodes)
 
@@ -87,6 +98,10 @@ class EmulationResult:
             "bytes_sent": self.bytes_sent,
             "messages_sent": self.messages_sent,
             "wall_s": self.wall_s,
+            "peak_rss_mib": self.peak_rss_mib,
+            "node_rounds": self.node_rounds,
+            "node_rounds_per_s": self.node_rounds_per_s,
+            "rounds_per_minute": self.rounds_per_minute,
             "virtual_s": self.rounds[-1].virtual_time if self.rounds else 0.0,
             "num_rounds": len(self.rounds),
             "stalled": self.stalled,

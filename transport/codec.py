@@ -381,7 +381,7 @@ def _convert(value: object, tp: Any, path: str, depth: int, limits: Limits) -> o
 
     `depth` is the nesting depth of the container holding `value`.
     """
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    origin, args = _origin_and_args(tp)
     if origin in (typing.Union, types.UnionType):  # X | None, the only union _check_annotation lets in
         if value is None:
             return None
@@ -419,6 +419,12 @@ def _convert(value: object, tp: Any, path: str, depth: int, limits: Limits) -> o
         pairs = enumerate(zip(value, args, strict=True))
         return tuple(_convert(item, t, f"{path}[{i}]", depth, limits) for i, (item, t) in pairs)
     raise TypeError(f"{path}: unsupported annotation {tp!r}")  # unreachable after _check_annotation
+
+
+@cache
+def _origin_and_args(tp: Any) -> tuple[Any, tuple]:
+    """`typing.get_origin` and `get_args`, once per annotation: they are slow and asked per value."""
+    return typing.get_origin(tp), typing.get_args(tp)
 
 
 def _name(tp: type) -> str:
