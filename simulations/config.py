@@ -6,6 +6,8 @@ the same way from Python and from TOML: a `ConfigError` naming it.
 
 from __future__ import annotations
 
+import inspect
+import math
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -14,12 +16,14 @@ import torch
 from gossip.federated import FederatedLearning
 from gossip.modest_settings import ModestSettings
 from p2pfl.aggregation.bristle import Bristle
+from p2pfl.aggregation.registry import AGGREGATORS, build_aggregator
 from p2pfl.attacks import Attack, build_attack
+from p2pfl.attacks.registry import ATTACKS
 from p2pfl.errors import ConfigError
 from simulations.churn import ChurnEvent
 from simulations.synthetic import synthetic_task
-from simulations.task import Task, digits_task
-from simulations.topology import load_topology
+from simulations.task import ACTIVATIONS, Task, digits_task
+from simulations.topology import BUILDERS, load_topology
 from simulations.transfer_task import TransferParams, digits_transfer_task
 
 PROTOCOLS = ("gossip", "dpsgd", "modest", "fl")
@@ -121,14 +125,24 @@ class EmulationConfig:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not self.lr > 0:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
-        if self.latency < 0 or self.seconds_per_step < 0:
-            raise ConfigError("latency and seconds_per_step must be >= 0")
+        for name in ("latency", "seconds_per_step"):
+            if not getattr(self, name) >= 0:  # NaN too
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0 < self.period < math.inf:  # event-driven protocols poll every period
+            raise ConfigError(f"period must be > 0 and finite, got {self.period}")
         if self.bandwidth is not None and not self.bandwidth > 0:
             raise ConfigError(f"bandwidth must be > 0 bytes/s or None, got {self.bandwidth}")
         if not 0.0 <= self.loss < 1.0:
             raise ConfigError(f"loss must be in [0, 1), got {self.loss}")
-        if self.speed_sigma < 0:
+        if not self.speed_sigma >= 0:
             raise ConfigError(f"speed_sigma must be >= 0, got {self.speed_sigma}")
+
+        if self.seed < 0:  # numpy's SeedSequence refuses negative entries
+            raise ConfigError(f"seed must be >= 0, got {self.seed}")
+        if any(size < 1 for size in self.hidden):
+            raise ConfigError(f"hidden: layer sizes must be >= 1, got {list(self.hidden)}")
+        if self.activation not in ACTIVATIONS:
+            raise ConfigError(f"activation: unknown {self.activation!r}; choose one of {sorted(ACTIVATIONS)}")
 
         if self.task not in ("digits", "synthetic", "digits_transfer"):
             raise ConfigError(f"task must be 'digits', 'synthetic' or 'digits_transfer', got {self.task!r}")
@@ -141,8 +155,12 @@ class EmulationConfig:
             raise ConfigError(f"resample_every must be >= 0, got {self.resample_every}")
         if self.resample_every and (self.protocol in EVENT_DRIVEN or self.topology_file):
             raise ConfigError("resample_every needs a clock-driven protocol and a named topology")
+        check_topology(self)
         if self.topology_file is not None:
-            graph = load_topology(self.topology_file)
+            try:
+                graph = load_topology(self.topology_file)
+            except ConfigError as exc:
+                raise ConfigError(f"topology_file: {exc}") from exc
             if graph.number_of_nodes() != self.nodes:
                 raise ConfigError(
                     f"topology_file {self.topology_file} has {graph.number_of_nodes()} nodes "
@@ -153,14 +171,24 @@ class EmulationConfig:
         if not self.stall_timeout > 0:
             raise ConfigError(f"stall_timeout must be > 0, got {self.stall_timeout}")
         protocol_params(self)  # raises ConfigError on bad params
+        check_aggregation(self)
         if not 0.0 <= self.byzantine_fraction < 1.0:
             raise ConfigError(f"byzantine_fraction must be in [0, 1), got {self.byzantine_fraction}")
         if self.byzantine_fraction and self.attack is None:
             raise ConfigError("byzantine_fraction > 0 needs an attack")
+        if self.attack is None and self.attack_params:
+            raise ConfigError(f"attack_params {sorted(self.attack_params)} need an attack")
         if self.attack is not None:
-            make_attack(self)  # raises ConfigError naming the attack
+            make_attack(self)  # raises ConfigError naming the attack or attack_params
         if any(e.action == "join" for e in self.churn) and self.protocol != "modest":
             raise ConfigError("churn: join is supported with protocol 'modest' only")
+        server = {FL_SERVER} if self.protocol == "fl" else set()  # never churned (plan_churn)
+        for event in self.churn:
+            if bad := [n for n in event.nodes if not 0 <= n < self.nodes or n in server]:
+                raise ConfigError(
+                    f"churn at round {event.round}: nodes {bad} are not in [0, {self.nodes})"
+                    + (f" or are the FL server {FL_SERVER}" if server else "")
+                )
         busy = self.local_steps * self.seconds_per_step + self.latency
         if self.protocol not in EVENT_DRIVEN and busy >= self.period:
             raise ConfigError(
@@ -178,8 +206,37 @@ def make_task(config: EmulationConfig) -> Task:
     alpha = config.alpha if config.partition == "dirichlet" else None
     try:
         return synthetic_task(seed=config.seed, alpha=alpha, **model, **config.task_params)
-    except TypeError as exc:
+    except (TypeError, ConfigError) as exc:  # alpha and activation are checked before, in __post_init__
         raise ConfigError(f"task_params: {exc}") from exc
+
+
+def check_topology(config: EmulationConfig) -> None:
+    """The topology's name and its parameters' names (their values are checked when it is built)."""
+    builder = BUILDERS.get(config.topology)
+    if builder is None:
+        raise ConfigError(f"topology: unknown name {config.topology!r}; choose one of {sorted(BUILDERS)}")
+    parameters = inspect.signature(builder).parameters.values()
+    allowed = {p.name for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    if unknown := sorted(set(config.topology_params) - allowed):
+        raise ConfigError(
+            f"topology_params: {unknown} not accepted by topology {config.topology!r}; "
+            f"it accepts {sorted(allowed) or 'none'}"
+        )
+
+
+def check_aggregation(config: EmulationConfig) -> None:
+    """The rule's name, and its params by building it once (bristle: `check_transfer`)."""
+    if config.aggregation == "bristle":
+        return
+    if config.aggregation not in AGGREGATORS:
+        raise ConfigError(
+            f"aggregation: unknown rule {config.aggregation!r}; "
+            f"choose one of {sorted([*AGGREGATORS, 'bristle'])}"
+        )
+    try:
+        build_aggregator(config.aggregation, **config.aggregation_params)
+    except ConfigError as exc:
+        raise ConfigError(f"aggregation_params: {exc}") from exc
 
 
 def check_transfer(config: EmulationConfig) -> None:
@@ -237,7 +294,12 @@ def make_attack(config: EmulationConfig) -> Attack:
     params = dict(config.attack_params)
     if config.attack == "label_flip":
         params.setdefault("num_classes", NUM_CLASSES)
-    return build_attack(config.attack or "", **params)
+    if config.attack not in ATTACKS:
+        return build_attack(config.attack or "", **params)  # raises "attack: unknown attack ..."
+    try:
+        return build_attack(config.attack, **params)
+    except ConfigError as exc:
+        raise ConfigError(f"attack_params: {exc}") from exc
 
 
 def protocol_params(config: EmulationConfig) -> dict[str, Any]:
