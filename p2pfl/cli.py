@@ -207,6 +207,10 @@ def _summary(s: dict[str, Any]) -> str:
     peers = s.get("peers", [])
     lines.append(f"peers ({len(peers)})")
     lines.extend(f"  {peer}" for peer in peers)
+    banned = s.get("banned_peers") or {}
+    if banned:
+        lines.append(f"banned ({len(banned)})")
+        lines.extend(f"  {peer}  ({number(left, '.0f')} s left)" for peer, left in banned.items())
     return "\n".join(lines)
 
 

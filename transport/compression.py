@@ -28,8 +28,8 @@ method, dtypes, sizes, index ranges and order, and finiteness before it builds a
 a small payload can make it allocate (`max_elements`; a top-k payload of a few bytes may claim a huge
 shape), and can check names and shapes against the local model (`expected`).
 
-Not part of the model plane's transfer header: the header's `codec` names the serialization of the
-body (msgpack, unchanged here); a compressed payload is an ordinary message inside that body.
+On the libp2p model plane, `transport.body_codec` carries the models of a message as compressed
+payloads and names the codec in the transfer header.
 """
 
 from __future__ import annotations

@@ -24,15 +24,20 @@ from pydantic import (
 
 from gossip.modest_settings import ModestSettings
 from p2pfl.errors import ConfigError
+from transport.body_codec import COMPRESSIONS, CompressionConfig
+from transport.compression import MAX_BLOCK
+from transport.penalties import PenaltyConfig
 
 __all__ = [
     "AggregationConfig",
     "CheckpointConfig",
     "GossipProtocolConfig",
+    "ModelCompressionConfig",
     "ModelConfig",
     "ModestProtocolConfig",
     "NodeConfig",
     "PeerDiscoveryConfig",
+    "PenaltiesConfig",
     "ShardConfig",
     "StatusConfig",
     "TaskConfig",
@@ -176,12 +181,12 @@ class ModestProtocolConfig(_Strict):
     aggregation_timeout: float | None = _MODEST_DEFAULTS.aggregation_timeout
     min_models: int = _MODEST_DEFAULTS.min_models
     round_timeout: float | None = _MODEST_DEFAULTS.round_timeout
+    start_depth: int | None = _MODEST_DEFAULTS.start_depth
 
     @field_validator("participants", mode="before")
     @classmethod
     def _participants(cls, value: object) -> object:
         if value != "discovered" and (not isinstance(value, list) or not value):
-    start_depth: int | None = _MODEST_DEFAULTS.start_depth
             raise ValueError(f'must be "discovered" or a non-empty list of peers, got {value!r}')
         return value
 
@@ -244,6 +249,50 @@ class PeerDiscoveryConfig(_Strict):
     target: Annotated[int, Field(ge=0)] = 8
 
 
+_COMPRESSION_DEFAULTS = CompressionConfig()
+
+
+class ModelCompressionConfig(_Strict):
+    """How this node sends models to peers (`transport.body_codec`); any node decodes every codec.
+    `codec`: "none", or fp32, fp16, int8 (blocks of `int8_block` values), topk (the `topk_fraction`
+    largest entries of each tensor). Lossy codecs keep what they left out per peer and add it to the
+    next model sent there (`error_feedback`, for at most `feedback_peers` peers)."""
+
+    codec: str = _COMPRESSION_DEFAULTS.codec
+    int8_block: Annotated[int, Field(ge=1, le=MAX_BLOCK)] = _COMPRESSION_DEFAULTS.int8_block
+    topk_fraction: Annotated[float, Field(gt=0, le=1)] = _COMPRESSION_DEFAULTS.topk_fraction
+    error_feedback: bool = _COMPRESSION_DEFAULTS.error_feedback
+    feedback_peers: PositiveInt = _COMPRESSION_DEFAULTS.feedback_peers
+
+    @field_validator("codec")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        if value not in COMPRESSIONS:
+            raise ValueError(f"unknown codec {value!r}; one of {', '.join(COMPRESSIONS)}")
+        return value
+
+    def transport(self) -> CompressionConfig:
+        return CompressionConfig(**self.model_dump())
+
+
+_PENALTY_DEFAULTS = PenaltyConfig()
+
+
+class PenaltiesConfig(_Strict):
+    """Banning peers that keep sending bad transfers (`transport.penalties`): a peer with `offences`
+    transfers refused through its fault within `window` seconds is cut off for `ban_seconds`.
+    Records and bans are kept for at most `max_peers` peers."""
+
+    enabled: bool = _PENALTY_DEFAULTS.enabled
+    offences: PositiveInt = _PENALTY_DEFAULTS.offences
+    window: PositiveFloat = _PENALTY_DEFAULTS.window
+    ban_seconds: PositiveFloat = _PENALTY_DEFAULTS.ban_seconds
+    max_peers: PositiveInt = _PENALTY_DEFAULTS.max_peers
+
+    def transport(self) -> PenaltyConfig:
+        return PenaltyConfig(**self.model_dump())
+
+
 class NodeConfig(_Strict):
     data_dir: Path
     listen: Annotated[list[ListenAddr], Field(min_length=1)] = ["/ip4/127.0.0.1/tcp/0"]
@@ -251,6 +300,8 @@ class NodeConfig(_Strict):
     bootstrap: list[PeerAddr] = []
     max_connections: PositiveInt = 128
     discovery: PeerDiscoveryConfig = PeerDiscoveryConfig()
+    compression: ModelCompressionConfig = ModelCompressionConfig()
+    penalties: PenaltiesConfig = PenaltiesConfig()
     task: TaskConfig = TaskConfig()
     model: ModelConfig = ModelConfig()
     training: TrainingConfig = TrainingConfig()

@@ -54,6 +54,7 @@ class _StatusCollector:
         yield _gauge("p2pfl_accuracy", "Test accuracy at the last evaluation.", s.get("accuracy"))
         yield _gauge("p2pfl_loss", "Test loss at the last evaluation.", s.get("loss"))
         yield _gauge("p2pfl_peers", "Connected peers.", len(s.get("peers", ())))
+        yield _gauge("p2pfl_banned_peers", "Peers banned now.", len(s.get("banned_peers", ())))
         yield _gauge("p2pfl_uptime_seconds", "Seconds since the daemon started.", s.get("uptime_s"))
         state = GaugeMetricFamily("p2pfl_state", "1 for the node's current state.", labels=["state"])
         for name in _STATES:

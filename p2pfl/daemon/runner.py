@@ -166,6 +166,7 @@ class NodeHandle:
             "models_rejected": node.models_rejected if node else 0,
             "reputation": dict(node.aggregator.peer_scores()) if node else {},
             "libp2p": _plain(getattr(transport, "libp2p_stats", None)),
+            "banned_peers": {peer: round(left, 1) for peer, left in sorted(transport.banned_peers().items())},
             "checkpoint": {
                 "enabled": self.config.checkpoint.enabled,
                 "path": str(self.checkpoint_path),
@@ -419,6 +420,11 @@ async def open_node(config: NodeConfig, *, learner: Learner | None = None) -> As
 @asynccontextmanager
 async def _open_node(config: NodeConfig, data_dir: Path, learner: Learner) -> AsyncIterator[NodeHandle]:
     restored = _restore(config, learner)
+    if config.compression.codec == "topk":
+        log.warning(
+            "compression topk sends only the largest entries of each model: gossip and MoDeST send whole"
+            " models, so peers receive mostly-zero models; prefer int8 or fp16"
+        )
     async with open_libp2p_transport(
         key_dir=data_dir,
         listen=config.listen,
@@ -428,6 +434,8 @@ async def _open_node(config: NodeConfig, data_dir: Path, learner: Learner) -> As
         discovery=config.discovery.enabled,
         discovery_interval=config.discovery.interval,
         discovery_target=config.discovery.target,
+        compression=config.compression.transport(),
+        penalties=config.penalties.transport(),
     ) as transport:
         handle = NodeHandle(config, transport, learner, restored)
         server: StatusServer | None = None

@@ -9,6 +9,8 @@ from daemon_helpers import node_settings
 from p2pfl.cli import main
 from p2pfl.daemon.config import load_config, parse_config
 from p2pfl.errors import ConfigError
+from transport.body_codec import CompressionConfig
+from transport.penalties import PenaltyConfig
 
 PEER = "12D3KooWBfmETW1ZbkdZbKKPpE3jpjyQ5WBXoDF8y9oE8vMQPKLi"
 
@@ -73,6 +75,19 @@ def test_the_shard_index_seeds_batches_and_peer_choice_unless_given(tmp_path):
         ({"log_level": "loud"}, "log_level:"),
         ({"torch_threads": -1}, "torch_threads:"),
         ({"training": {"local_steps": "all"}}, "training.local_steps:"),
+        (
+            {"compression": {"codec": "zstd"}},
+            "compression.codec: unknown codec 'zstd'; one of none, fp32, fp16, int8, topk",
+        ),
+        ({"compression": {"topk_fraction": 0}}, "compression.topk_fraction:"),
+        ({"compression": {"topk_fraction": 1.5}}, "compression.topk_fraction:"),
+        ({"compression": {"int8_block": 0}}, "compression.int8_block:"),
+        ({"compression": {"feedback_peers": 0}}, "compression.feedback_peers:"),
+        ({"compression": {"level": 3}}, "compression.level: Extra inputs are not permitted"),
+        ({"penalties": {"offences": 0}}, "penalties.offences:"),
+        ({"penalties": {"window": float("inf")}}, "penalties.window:"),
+        ({"penalties": {"ban_seconds": -1}}, "penalties.ban_seconds:"),
+        ({"penalties": {"treshold": 3}}, "penalties.treshold: Extra inputs are not permitted"),
     ],
 )
 def test_errors_name_the_field(tmp_path, change, field):
@@ -85,6 +100,21 @@ def test_all_errors_are_reported_at_once(tmp_path):
     data = node_settings(tmp_path, training={"lr": 0, "batch_size": 0})
     message = errors_of(data)
     assert "training.lr:" in message and "training.batch_size:" in message
+
+
+def test_compression_and_penalties_become_the_transports_settings(tmp_path):
+    default = parse_config(node_settings(tmp_path))
+    assert default.compression.transport() == CompressionConfig()
+    assert default.penalties.transport() == PenaltyConfig()
+    assert default.compression.codec == "none" and default.penalties.enabled
+    data = node_settings(tmp_path)
+    data["compression"] = {"codec": "topk", "topk_fraction": 0.05, "error_feedback": False}
+    data["penalties"] = {"offences": 3, "window": 60, "ban_seconds": 30}
+    config = parse_config(data)
+    assert config.compression.transport() == CompressionConfig(
+        codec="topk", topk_fraction=0.05, error_feedback=False
+    )
+    assert config.penalties.transport() == PenaltyConfig(offences=3, window=60.0, ban_seconds=30.0)
 
 
 def test_modest_participants_may_be_peer_ids_or_full_addresses(tmp_path):

@@ -131,3 +131,19 @@ def test_two_nodes_cannot_share_a_data_dir(tmp_path, threads):
         NodeThread(node_config(tmp_path, rounds=50)).start(timeout=60)
     assert isinstance(info.value.__cause__, DataDirInUse)
     assert f"pid {os.getpid()}" in str(info.value.__cause__)
+
+
+def test_nodes_that_send_int8_models_accept_each_others(tmp_path, threads):
+    int8 = {"codec": "int8"}
+    first = threads(node_config(tmp_path / "a", index=0, of=2, rounds=4, compression=int8))
+    second = threads(
+        node_config(tmp_path / "b", index=1, of=2, rounds=4, compression=int8, bootstrap=first.addrs[:1])
+    )
+    for node in (first, second):
+        assert node.wait_for_round(4, timeout=60) == 4
+    model_bytes = 4 * (64 * 32 + 32 + 32 * 10 + 10)  # the float32 values of the 64-32-10 MLP
+    for node in (first, second):
+        status = node.status()
+        assert status["models_rejected"] == 0 and status["messages_in"] >= 2
+        # int8 is about a quarter of float32; plain msgpack would be over model_bytes per message.
+        assert status["bytes_out"] < status["messages_out"] * model_bytes / 2, status

@@ -31,7 +31,13 @@ DOCUMENT = {
     "messages_out": 11,
     "messages_rejected": 1,
     "models_rejected": 2,
-    "libp2p": {"transfers_sent": 11, "transfers_failed": 0, "rejected_by_reason": {"transfer:busy": 3}},
+    "libp2p": {
+        "transfers_sent": 11,
+        "transfers_failed": 0,
+        "peers_banned": 1,
+        "rejected_by_reason": {"transfer:busy": 3},
+    },
+    "banned_peers": {"12D3KooWRogue": 242.5},
     "checkpoint": {"enabled": True, "path": "/x/checkpoint.npz", "round": 12, "writes": 8, "failures": 0},
     "history": [{"round": 12, "accuracy": 0.91, "loss": 0.3}],
     "version": "0.1.0",
@@ -79,6 +85,7 @@ def test_metrics_serve_prometheus_text(server):
     assert "p2pfl_peers 3.0" in text
     assert 'p2pfl_libp2p_rejections_total{reason="transfer:busy"} 3.0' in text
     assert "p2pfl_libp2p_transfers_sent_total 11.0" in text
+    assert "p2pfl_libp2p_peers_banned_total 1.0" in text and "p2pfl_banned_peers 1.0" in text
     assert 'p2pfl_state{state="running"} 1.0' in text
     assert 'peer_id="12D3KooWSelf"' in text
 
@@ -108,6 +115,7 @@ def test_status_cli_prints_a_summary_with_every_peer(server):
     assert "12D3KooWSelf" in result.output and "round 12 of 100" in result.output
     assert "accuracy  0.9100" in result.output and "peers (3)" in result.output
     assert all(f"  {peer}" in result.output for peer in PEERS)
+    assert "banned (1)\n  12D3KooWRogue  (242 s left)" in result.output
 
 
 def test_status_cli_json_prints_the_document(server, tmp_path):

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Callable
 
 import trio
 from libp2p.abc import IHost
+from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
 
 from transport.libp2p.peers import ConnectionTracker
@@ -27,14 +29,20 @@ async def keep_connected(
     tracker: ConnectionTracker,
     *,
     dial_timeout: float,
+    ban_left: Callable[[ID], float],
     initial_backoff: float = 0.5,
     max_backoff: float = 30.0,
     rng: random.Random | None = None,
 ) -> None:
-    """Run until cancelled, keeping at least one connection to `peer` open."""
+    """Run until cancelled, keeping at least one connection to `peer` open (unless it is banned:
+    `ban_left(peer)` says for how many seconds more)."""
     rng = rng or random.Random()
     delay = initial_backoff
     while True:
+        banned = ban_left(peer.peer_id)
+        if banned > 0:
+            await trio.sleep(banned)
+            continue
         if not tracker.is_connected(peer.peer_id):
             try:
                 with trio.fail_after(dial_timeout):

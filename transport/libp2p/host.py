@@ -6,26 +6,29 @@ authenticates nothing and may claim any peer ID, so every message's sender would
 `muxer_opt` has Yamux alone (the default also offers mplex, which has no flow control).
 
 Connections beyond `max_connections` are refused by the swarm (closed at registration, before any
-stream), which bounds what a crowd of peers can make us hold.
+stream), which bounds what a crowd of peers can make us hold. `gate_dials` lets the transport
+refuse to dial some peers (banned ones) whoever asks for the dial.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import multiaddr
 from libp2p import new_host
-from libp2p.abc import IHost
+from libp2p.abc import IHost, INetConn
 from libp2p.crypto.keys import KeyPair
 from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
 from libp2p.custom_types import TMuxerOptions, TProtocol, TSecurityOptions
 from libp2p.network.config import ConnectionConfig
+from libp2p.network.exceptions import SwarmException
+from libp2p.peer.id import ID
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 
-__all__ = ["DEFAULT_LISTEN", "build_host", "muxer_options", "security_options"]
+__all__ = ["DEFAULT_LISTEN", "build_host", "gate_dials", "muxer_options", "security_options"]
 
 DEFAULT_LISTEN = "/ip4/127.0.0.1/tcp/0"
 
@@ -111,3 +114,22 @@ def _disable_auto_connector(host: IHost) -> None:
         return None
 
     auto_connector.start = stay_stopped
+
+
+def gate_dials(host: IHost, may_dial: Callable[[ID], bool]) -> None:
+    """Make every dial of `host` to a peer ask `may_dial(peer)` first; False fails it with SwarmException.
+
+    py-libp2p 0.8.1 has no gate by peer ID (its ConnectionGate filters addresses), and its pubsub
+    keeps redialing a peer that dropped while it was opening a stream to it, so a peer we cut off
+    would be dialed straight back. Every dial (ours, pubsub's, identify's) goes through the swarm's
+    `dial_peer`, so the gate wraps that, on this host's swarm only.
+    """
+    network = host.get_network()
+    dial_peer = network.dial_peer
+
+    async def gated_dial_peer(peer_id: ID) -> list[INetConn]:
+        if not may_dial(peer_id):
+            raise SwarmException(f"dialing {peer_id} is refused (banned)")
+        return await dial_peer(peer_id)
+
+    network.dial_peer = gated_dial_peer  # type: ignore[method-assign]

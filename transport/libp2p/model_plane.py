@@ -7,10 +7,15 @@ GossipSub drops anything over 1 MiB and request_response breaks near 6.5 MB, so 
               body, written in chunks of `chunk_bytes`
     receiver: one status byte (0 = accepted; otherwise why it refused), then the stream ends
 
-The receiver checks the header before it allocates anything (size against its cap, known codec,
-the optional accept hook, a free slot in the inbox), reads exactly `size` bytes, verifies the hash,
-decodes with `transport.codec`, and only then hands the message on; any failure resets the stream,
-logs a line and bumps a counter, and the model that reaches the application is never partial.
+The header's codec names what the body is (plain msgpack, or with its models compressed; see
+`transport.body_codec`). The receiver checks the header before it allocates anything (size against
+its cap, known codec, the optional accept hook, a free slot in the inbox), reads exactly `size`
+bytes, verifies the hash, decodes, and only then hands the message on; any failure resets the
+stream, logs a line and bumps a counter, and the model that reaches the application is never partial.
+
+A refusal through the sender's fault (not "busy", not a transfer we do not want) is also charged to
+the sender (`Bans`): a peer that keeps sending bad transfers is banned, and while it is, its streams
+are reset unread.
 
 Every read and write runs under a deadline (`io_timeout`), and the whole transfer under another
 (`transfer_timeout`): on py-libp2p an EOF, a reset and a dead peer look alike, and a writer to a
@@ -33,19 +38,20 @@ from libp2p.peer.id import ID
 
 from transport import codec
 from transport.base import PeerId, Received, TrafficStats
+from transport.body_codec import CODEC_NAME, decode_body, is_known_codec
 from transport.errors import DecodeError, PeerUnreachable
 from transport.framing import frame_prefix, read_frame
+from transport.libp2p.bans import Bans
 from transport.libp2p.errors import MessageTooLarge, TransferRejected
 from transport.libp2p.inbox import Inbox, Slots
 from transport.libp2p.stats import Libp2pStats
 from transport.libp2p.streams import close_quietly, reset_quietly
 
-__all__ = ["CODEC_NAME", "MODEL_PROTOCOL", "ModelPlane", "ModelPlaneConfig", "TransferHeader", "tag_of"]
+__all__ = ["MODEL_PROTOCOL", "ModelPlane", "ModelPlaneConfig", "TransferHeader", "tag_of"]
 
 log = logging.getLogger(__name__)
 
 MODEL_PROTOCOL = TProtocol("/p2pfl/model/1.0.0")
-CODEC_NAME = "p2pfl-msgpack/1"  # transport.codec; compressed variants will get names of their own
 HEADER_VERSION = 1
 _SHA256_BYTES = 32
 _HASH_IN_THREAD_BYTES = 4 * 2**20  # hash big bodies off the event loop (hashlib releases the GIL)
@@ -59,8 +65,14 @@ _STATUS_BY_REASON = {
     "hash_mismatch": 5,
     "undecodable": 6,
     "kind_mismatch": 7,
+    "unknown_codec": 8,
 }
 _REASON_BY_STATUS = {code: reason for reason, code in _STATUS_BY_REASON.items()}
+# Refusals that are the sender's fault, charged to it. Not: "busy" (our capacity), "refused" (the
+# application does not want it, e.g. a closed round), "unknown_codec" (a newer peer), "banned".
+SENDER_FAULTS = frozenset(
+    {"bad_header", "too_large", "hash_mismatch", "undecodable", "kind_mismatch", "timeout", "truncated"}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +181,7 @@ class ModelPlane:
         *,
         traffic: TrafficStats,
         stats: Libp2pStats,
+        bans: Bans,
         config: ModelPlaneConfig = DEFAULT_MODEL_PLANE,
         limits: codec.Limits = codec.DEFAULT_LIMITS,
         accept: AcceptFn | None = None,
@@ -180,6 +193,7 @@ class ModelPlane:
         self._slots = Slots("models", inbox_slots)
         self._traffic = traffic
         self._stats = stats
+        self._bans = bans
         self._limits = limits
         self._accept = accept
         self._inbound = trio.Semaphore(config.max_inbound)
@@ -193,13 +207,20 @@ class ModelPlane:
     # --- sending --------------------------------------------------------------------------------
 
     async def send(
-        self, peer: ID, *, kind: str, round_: int, body: bytes | Sequence[bytes | memoryview]
+        self,
+        peer: ID,
+        *,
+        kind: str,
+        round_: int,
+        body: bytes | Sequence[bytes | memoryview],
+        codec_name: str = CODEC_NAME,
     ) -> None:
-        """Transfer `body` (an encoded message, or its `codec.encode_segments`) to `peer`; await the verdict.
+        """Transfer `body` (an encoded message, or its segments) to `peer`; await the verdict.
 
-        Segments are sent as they are, without joining them: what they view must not change until
-        this returns. Raises `TransferRejected` if the peer refused it after reading, `PeerUnreachable` if the
-        dial, a write or the verdict failed or timed out.
+        `codec_name` says what the body is (`transport.body_codec`). Segments are sent as they are,
+        without joining them: what they view must not change until this returns. Raises
+        `TransferRejected` if the peer refused it after reading, `PeerUnreachable` if the dial, a
+        write or the verdict failed or timed out.
         """
         cfg = self.config
         parts = [body] if isinstance(body, (bytes, bytearray, memoryview)) else body
@@ -208,7 +229,7 @@ class ModelPlane:
         if size > cfg.max_body_bytes:
             raise MessageTooLarge(f"message of {size} bytes exceeds the {cfg.max_body_bytes}-byte cap")
         digest = await _sha256(segments, size)
-        header = TransferHeader(kind, round_, size, digest).encode()
+        header = TransferHeader(kind, round_, size, digest, codec_name).encode()
         try:
             with trio.fail_after(cfg.transfer_timeout):
                 async with self._outbound:
@@ -266,6 +287,10 @@ class ModelPlane:
     async def _handle(self, stream: INetStream) -> None:
         """Stream handler: never raises, so a bad peer cannot disturb the connection's other streams."""
         sender = stream.muxed_conn.peer_id.to_base58()
+        left = self._bans.ban_left(stream.muxed_conn.peer_id)
+        if left > 0:
+            await self._refuse(stream, sender, _Refused("banned", f"banned for {left:.0f} more s"))
+            return
         acquired = False
         with trio.move_on_after(self.config.queue_timeout):
             await self._inbound.acquire()
@@ -292,7 +317,7 @@ class ModelPlane:
                 if not reserved:
                     raise _Refused("busy", f"{self._slots.capacity} received messages not yet consumed")
                 body = await self._read_body(stream, header)
-                message = self._decode(body, header)
+                message = await self._decode(body, header)
         except _Refused as refusal:
             await self._refuse(stream, sender, refusal)
         except trio.TooSlowError:
@@ -323,8 +348,8 @@ class ModelPlane:
             raise _Refused("bad_header", str(exc)) from exc
 
     def _check(self, sender: PeerId, header: TransferHeader) -> None:
-        if header.codec != CODEC_NAME:
-            raise _Refused("bad_header", f"unknown codec {header.codec[:40]!r}")
+        if not is_known_codec(header.codec):
+            raise _Refused("unknown_codec", f"unknown body codec {header.codec[:40]!r}")
         if header.size > self.config.max_body_bytes:
             raise _Refused("too_large", f"{header.size} bytes announced, cap {self.config.max_body_bytes}")
         if self._accept is None:
@@ -353,9 +378,9 @@ class ModelPlane:
             raise _Refused("hash_mismatch", f"sha256 of the {header.size}-byte body differs from the header")
         return body
 
-    def _decode(self, body: bytearray, header: TransferHeader) -> object:
+    async def _decode(self, body: bytearray, header: TransferHeader) -> object:
         try:
-            message = codec.decode(body, limits=self._limits)
+            message = await decode_body(header.codec, body, limits=self._limits)
         except DecodeError as exc:
             raise _Refused("undecodable", str(exc)) from exc
         if tag_of(message) != header.kind:
@@ -391,6 +416,8 @@ class ModelPlane:
         if code is not None:  # the stream is still in step: tell the sender why, best effort
             await self._reply(stream, code)
         await reset_quietly(stream)
+        if refusal.reason in SENDER_FAULTS:
+            self._bans.charge(stream.muxed_conn.peer_id, refusal.reason)
 
     async def _reply(self, stream: INetStream, status: int) -> None:
         with trio.move_on_after(self.config.io_timeout):

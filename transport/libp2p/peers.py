@@ -3,6 +3,9 @@
 libp2p reports connections, not peers: two hosts dialing each other at once hold two connections,
 and one may close while the other stays. A peer is connected while it has at least one connection,
 so `PeerConnected` fires on its first and `PeerDisconnected` on its last.
+
+A gate (`admit`) may refuse a peer's connections (a banned peer): those are not tracked at all, so
+the application never hears of them, and whoever refused them closes them.
 """
 
 from __future__ import annotations
@@ -23,15 +26,21 @@ __all__ = ["ConnectionTracker"]
 class ConnectionTracker(INotifee):
     """Swarm notifee: keeps the connected-peer set and turns its changes into inbox events."""
 
-    def __init__(self, inbox: Inbox) -> None:
+    def __init__(self, inbox: Inbox, *, admit: Callable[[ID], bool]) -> None:
         self._inbox = inbox
+        self._admit = admit
         self._conns: dict[ID, set[INetConn]] = {}
         self._gone: dict[ID, trio.Event] = {}
         self._on_connected: list[Callable[[ID], None]] = []
+        self._on_disconnected: list[Callable[[ID], None]] = []
 
     def add_connected_listener(self, listener: Callable[[ID], None]) -> None:
         """Call `listener(peer)` (synchronously, so it must not block) whenever a peer connects."""
         self._on_connected.append(listener)
+
+    def add_disconnected_listener(self, listener: Callable[[ID], None]) -> None:
+        """Call `listener(peer)` (synchronously, so it must not block) when a peer's last connection ends."""
+        self._on_disconnected.append(listener)
 
     def peers(self) -> frozenset[PeerId]:
         return frozenset(peer.to_base58() for peer in self._conns)
@@ -49,6 +58,8 @@ class ConnectionTracker(INotifee):
 
     async def connected(self, network: INetwork, conn: INetConn) -> None:
         peer = conn.muxed_conn.peer_id
+        if not self._admit(peer):
+            return
         conns = self._conns.setdefault(peer, set())
         first = not conns
         conns.add(conn)
@@ -67,6 +78,8 @@ class ConnectionTracker(INotifee):
             return
         del self._conns[peer]
         self._inbox.push_peer_event(PeerDisconnected(peer.to_base58()))
+        for listener in self._on_disconnected:
+            listener(peer)
         event = self._gone.pop(peer, None)
         if event is not None:
             event.set()

@@ -14,12 +14,13 @@ __all__ = ["Libp2pStats"]
 
 @dataclass(slots=True)
 class Libp2pStats:
-    """Model-plane transfers, control-plane (gossip) messages and discovery, by outcome."""
+    """Model-plane transfers, control-plane (gossip) messages, discovery and bans, by outcome."""
 
     transfers_sent: int = 0
     transfers_failed: int = 0  # outbound: timed out, reset, refused by the peer
     transfers_received: int = 0
     transfers_rejected: int = 0  # inbound: refused or broken off, see `rejected_by_reason`
+    peers_banned: int = 0  # bans imposed on misbehaving peers (see `transport.penalties`)
     gossip_published: int = 0
     gossip_received: int = 0
     gossip_rejected: int = 0  # failed our topic validator (not relayed, not delivered)

@@ -1,7 +1,9 @@
 """`Libp2pTransport`: the `Transport` interface on a real libp2p host, for the node daemon.
 
-Direct messages (`send`) go over the model plane, one verified stream per message; `publish` and
-`subscribe` go over GossipSub; connects, disconnects and arrivals come out of `events` in order.
+Direct messages (`send`) go over the model plane, one verified stream per message, their models
+compressed if so configured (`transport.body_codec`); `publish` and `subscribe` go over GossipSub;
+connects, disconnects and arrivals come out of `events` in order. Peers that keep sending bad
+transfers are banned for a while (`transport.penalties`, enforced by `transport.libp2p.bans`).
 `open_libp2p_transport` owns the whole lifetime: it builds the host, starts listening, the pubsub
 services and the bootstrap dialers, and on exit stops them all, closes every connection and ends the
 event stream.
@@ -25,16 +27,19 @@ from libp2p.peer.peerstore import PERMANENT_ADDR_TTL
 
 from transport import codec
 from transport.base import Event, PeerId, TrafficStats, Transport
+from transport.body_codec import NO_COMPRESSION, BodyEncoder, CompressionConfig
 from transport.errors import PeerUnreachable
+from transport.libp2p.bans import Bans
 from transport.libp2p.bootstrap import keep_connected
 from transport.libp2p.control_plane import DEFAULT_CONTROL_PLANE, ControlPlane, ControlPlaneConfig
 from transport.libp2p.discovery import DEFAULT_DISCOVERY, Discovery, DiscoveryConfig
-from transport.libp2p.host import DEFAULT_LISTEN, build_host, parse_multiaddrs
+from transport.libp2p.host import DEFAULT_LISTEN, build_host, gate_dials, parse_multiaddrs
 from transport.libp2p.identity import load_or_create_key_pair
 from transport.libp2p.inbox import Inbox
 from transport.libp2p.model_plane import DEFAULT_MODEL_PLANE, AcceptFn, ModelPlane, ModelPlaneConfig, tag_of
 from transport.libp2p.peers import ConnectionTracker
 from transport.libp2p.stats import Libp2pStats
+from transport.penalties import DEFAULT_PENALTIES, Penalties, PenaltyConfig
 
 __all__ = ["Libp2pTransport", "open_libp2p_transport"]
 
@@ -54,6 +59,8 @@ class Libp2pTransport(Transport):
         control_plane: ControlPlane,
         traffic: TrafficStats,
         stats: Libp2pStats,
+        encoder: BodyEncoder,
+        bans: Bans,
         discovery: Discovery | None = None,
     ) -> None:
         self.host = host
@@ -65,6 +72,8 @@ class Libp2pTransport(Transport):
         self.discovery = discovery
         self._inbox = inbox
         self._tracker = tracker
+        self._encoder = encoder
+        self._bans = bans
 
     @property
     def addrs(self) -> list[str]:
@@ -90,6 +99,7 @@ class Libp2pTransport(Transport):
     async def connect(self, addr: str, *, timeout: float | None = None) -> PeerId:
         """Dial the peer at full multiaddr `addr` now; its peer ID, or `PeerUnreachable`."""
         info = _peer_info(parse_multiaddrs([addr])[0])
+        self._refuse_if_banned(info.peer_id)
         timeout = self.model_plane.config.connect_timeout if timeout is None else timeout
         try:
             with trio.fail_after(timeout):
@@ -112,19 +122,43 @@ class Libp2pTransport(Transport):
         """Deliver `message` to `peer` over the model plane, dialing it if its address is known.
 
         Returns once the peer verified and queued it. Raises `PeerUnreachable` (or its subclass
-        `TransferRejected`) otherwise, within the model plane's deadlines. Big tensors are sent from
-        the arrays themselves, not from a copy: they must not change until this returns.
+        `TransferRejected`) otherwise, within the model plane's deadlines; at once for a banned
+        peer. Uncompressed, big tensors are sent from the arrays themselves, not from a copy: they
+        must not change until this returns.
         """
-        body = codec.encode_segments(message)  # tensors travel as views of themselves, no copy
+        kind = tag_of(message)  # TypeError for an unregistered type, before anything else
         peer_id = _peer_id(peer)
         if peer_id == self.host.get_id():
             raise PeerUnreachable("a node does not send to itself")
+        self._refuse_if_banned(peer_id)
         if not self._tracker.is_connected(peer_id) and not self._known_addrs(peer_id):
             raise PeerUnreachable(f"{peer} is not connected and its address is unknown")
+        codec_name, body = await self._encoder.encode(message, destination=peer_id)
         round_ = getattr(message, "round", -1)
         await self.model_plane.send(
-            peer_id, kind=tag_of(message), round_=round_ if type(round_) is int else -1, body=body
+            peer_id,
+            kind=kind,
+            round_=round_ if type(round_) is int else -1,
+            body=body,
+            codec_name=codec_name,
         )
+
+    def penalise(self, peer: PeerId, reason: str) -> None:
+        """Charge `peer` one offence, e.g. a model the application refused (wrong shape, NaN).
+
+        Transfers the model plane refuses through the sender's fault are charged already; enough
+        offences within the penalty window ban the peer (see `transport.penalties`).
+        """
+        self._bans.charge(_peer_id(peer), reason)
+
+    def banned_peers(self) -> dict[PeerId, float]:
+        """Peers banned now, with the seconds left of each ban."""
+        return self._bans.penalties.banned()
+
+    def _refuse_if_banned(self, peer_id: ID) -> None:
+        left = self._bans.ban_left(peer_id)
+        if left > 0:
+            raise PeerUnreachable(f"{peer_id} is banned for {left:.0f} more s")
 
     def _known_addrs(self, peer_id: ID) -> list[multiaddr.Multiaddr]:
         try:
@@ -152,6 +186,8 @@ async def open_libp2p_transport(
     model: ModelPlaneConfig = DEFAULT_MODEL_PLANE,
     control: ControlPlaneConfig = DEFAULT_CONTROL_PLANE,
     limits: codec.Limits = codec.DEFAULT_LIMITS,
+    compression: CompressionConfig = NO_COMPRESSION,
+    penalties: PenaltyConfig = DEFAULT_PENALTIES,
     accept_transfer: AcceptFn | None = None,
     max_pending_models: int = 16,
     bootstrap_backoff: tuple[float, float] = (0.5, 30.0),
@@ -168,7 +204,8 @@ async def open_libp2p_transport(
     are redialed with backoff (`bootstrap_backoff` = initial, max seconds) for as long as we run.
     `accept_transfer(sender, header)` may refuse a model-plane transfer before its body is read.
     At most `max_pending_models` received models wait unread in `events`; beyond that, senders
-    are refused as busy rather than buffered.
+    are refused as busy rather than buffered. `compression` is how models we send travel (we
+    decode every codec whatever it says); `penalties` when a misbehaving sender is banned.
 
     With `discovery`, the node serves as a rendezvous point, registers at its bootstrap and some
     connected peers every `discovery_interval` seconds, learns who else registered there, and dials
@@ -191,13 +228,18 @@ async def open_libp2p_transport(
     )
     inbox = Inbox()
     traffic, stats = TrafficStats(), Libp2pStats()
-    tracker = ConnectionTracker(inbox)
+    bans = Bans(host, Penalties(penalties), stats=stats)
+    gate_dials(host, bans.may_dial)
+    tracker = ConnectionTracker(inbox, admit=bans.admit)
     host.get_network().register_notifee(tracker)
+    encoder = BodyEncoder(compression)
+    tracker.add_disconnected_listener(encoder.forget)
     model_plane = ModelPlane(
         host,
         inbox,
         traffic=traffic,
         stats=stats,
+        bans=bans,
         config=model,
         limits=limits,
         accept=accept_transfer,
@@ -226,10 +268,13 @@ async def open_libp2p_transport(
         control_plane=control_plane,
         traffic=traffic,
         stats=stats,
+        encoder=encoder,
+        bans=bans,
         discovery=finder,
     )
     try:
         async with host.run(listen_addrs), control_plane.running(), trio.open_nursery() as nursery:
+            nursery.start_soon(bans.run)
             for info in bootstrap_peers:
                 host.get_peerstore().add_addrs(info.peer_id, info.addrs, PERMANENT_ADDR_TTL)
                 nursery.start_soon(
@@ -237,6 +282,7 @@ async def open_libp2p_transport(
                         host,
                         info,
                         tracker,
+                        ban_left=bans.ban_left,
                         dial_timeout=model.connect_timeout,
                         initial_backoff=bootstrap_backoff[0],
                         max_backoff=bootstrap_backoff[1],
