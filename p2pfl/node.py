@@ -186,6 +186,7 @@ class _NodeLearning(Learning):
             except IncompatibleModel as exc:
                 node.models_rejected += 1
                 log.warning("%s rejected a model from %s: %s", node.peer_id, sender, exc)
+                node.transport.penalise(sender, f"bad model: {exc}")
         if node.attack is not None and valid:
             node._last_received = [c.state for c in valid]
         return valid

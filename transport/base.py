@@ -75,3 +75,10 @@ class Transport(ABC):
     @abstractmethod
     def events(self) -> trio.abc.ReceiveChannel[Event]:
         """The stream of everything arriving at this peer, in arrival order."""
+
+    def penalise(self, peer: PeerId, reason: str) -> None:  # noqa: B027 (optional, a no-op by default)
+        """Charge `peer` one offence: it sent something the application refused (`reason`).
+
+        A transport that keeps penalties bans a peer that offends too often (the libp2p one does);
+        one that keeps none, like the in-memory network of the emulator, ignores it.
+        """
