@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import trio
 
+from gossip import timers
 from gossip.inbox import keep_newest
 from gossip.learning import Learning
 from gossip.protocol import RoundProtocol
@@ -68,7 +69,7 @@ class DPSGD(RoundProtocol):
                         await transport.send(peer, update)
                     except PeerUnreachable as exc:
                         log.info("could not send round %d model: %s", round_, exc)
-                await trio.sleep_until(start + round_ * self.period)
+                await timers.sleep_until(start + round_ * self.period)
                 current = {peer: m for peer, m in inbox.items() if m.round == round_ and peer in neighbours}
                 inbox.clear()
                 mixing = metropolis_hastings(

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import trio
 
+from gossip import timers
 from gossip.inbox import keep_newest
 from gossip.learning import Learning
 from gossip.protocol import RoundProtocol
@@ -66,7 +67,7 @@ class GossipLearning(RoundProtocol):
                         await transport.send(peer, update)
                     except PeerUnreachable as exc:
                         log.info("could not push round %d model: %s", round_, exc)
-                await trio.sleep_until(start + (round_ - first + 1) * self.period)
+                await timers.sleep_until(start + (round_ - first + 1) * self.period)
                 received: list[tuple[PeerId, ModelPayload]] = [
                     (sender, inbox[sender].model) for sender in sorted(inbox)
                 ]

@@ -23,6 +23,7 @@ from itertools import islice
 
 import trio
 
+from gossip import timers
 from gossip.learning import Learning
 from gossip.membership import MemberList, View, ViewEntry
 from gossip.modest_settings import ModestSettings
@@ -253,7 +254,7 @@ class _ModestNode:
                     await self._send(aggregator, outgoing)
                 if self.settings.round_timeout is None:
                     return
-                await trio.sleep(self.settings.round_timeout)
+                await timers.sleep(self.settings.round_timeout)
 
     # --- aggregator ---------------------------------------------------------------------------------
 
@@ -269,7 +270,7 @@ class _ModestNode:
             self.nursery.start_soon(self._aggregate_after_timeout, round)
 
     async def _aggregate_after_timeout(self, round: int) -> None:
-        await trio.sleep(self.settings.aggregation_timeout or 0.0)
+        await timers.sleep(self.settings.aggregation_timeout or 0.0)
         if len(self.buffers.get(round, ())) >= self.settings.min_models:
             await self._aggregate(round)
 

@@ -12,6 +12,8 @@ from typing import Protocol, TypeVar
 
 import trio
 
+from gossip import timers
+
 T = TypeVar("T")
 
 
@@ -37,5 +39,5 @@ class VirtualCompute:
 
     async def run(self, work: Callable[[], T], *, steps: int) -> T:
         result = work()
-        await trio.sleep(self.seconds_per_step * steps)
+        await timers.sleep(self.seconds_per_step * steps)
         return result
