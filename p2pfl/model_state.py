@@ -118,8 +118,20 @@ class ModelState:
         )
 
     def to_numpy(self) -> dict[str, np.ndarray]:
-        """Host copies for the wire, in the original dtypes."""
-        return {name: t.detach().cpu().numpy() for name, t in self.state_dict().items()}
+        """Host arrays for the wire, in the original dtypes.
+
+        float32 tensors of a state on the CPU are views of its flat vector (no copy): the state must
+        not change while they are in use, which holds for the states nodes send (fresh copies).
+        """
+        flat = self.flat.detach().cpu().numpy()
+        out = {
+            spec.name: flat[spec.offset : spec.offset + spec.numel].reshape(spec.shape)
+            if spec.dtype == torch.float32
+            else self.tensor(spec.name).to(spec.dtype).cpu().numpy()
+            for spec in self.layout.specs
+        }
+        out.update((name, t.detach().cpu().numpy()) for name, t in self.extras.items())
+        return out
 
     def from_numpy(self, arrays: Mapping[str, np.ndarray]) -> ModelState:
         """Decode a received model against this state's layout; raise `IncompatibleModel` if it differs.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
@@ -210,4 +211,21 @@ def _contribution(own: ModelState, sender: PeerId, payload: ModelPayload) -> Con
     """Validate a received model against the own one; raise `IncompatibleModel` if it does not fit."""
     if not (math.isfinite(payload.weight) and payload.weight > 0):
         raise IncompatibleModel(f"weight must be finite and positive, got {payload.weight}")
-    return Contribution(sender, own.from_numpy(payload.tensors), payload.weight)
+    return Contribution(sender, _state_of(own, payload), payload.weight)
+
+
+# Received models already converted, by payload. In an emulation one decoded message reaches all of
+# a node's neighbours as the same payload object: each converts it once, not once per recipient.
+# States are never changed in place (aggregation rules build new tensors), so sharing one is safe.
+_converted: weakref.WeakKeyDictionary[ModelPayload, ModelState] = weakref.WeakKeyDictionary()
+
+
+def _state_of(own: ModelState, payload: ModelPayload) -> ModelState:
+    """`own.from_numpy(payload.tensors)`, reused for a payload converted before against the same layout."""
+    state = _converted.get(payload)
+    if state is not None and not own.extras and state.layout == own.layout and state.device == own.device:
+        return state
+    state = own.from_numpy(payload.tensors)
+    if not own.extras:
+        _converted[payload] = state
+    return state

@@ -15,9 +15,12 @@ import numpy as np
 from transport.codec import message
 
 
-@dataclass(frozen=True, slots=True, eq=False)
+@dataclass(frozen=True, slots=True, eq=False, weakref_slot=True)
 class ModelPayload:
-    """A model as named tensors plus the weight it carries in a weighted average (e.g. samples)."""
+    """A model as named tensors plus the weight it carries in a weighted average (e.g. samples).
+
+    Weak references are allowed so that receivers can cache what they made of a payload.
+    """
 
     tensors: dict[str, np.ndarray]
     weight: float

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 import trio
 import trio.testing
@@ -90,3 +91,17 @@ def test_a_good_model_is_merged_and_status_reports_traffic():
     assert status.bytes_in > 0 and status.bytes_out > 0
     assert 0 <= status.accuracy <= 1
     assert [r.round for r in node.history] == [1, 2]
+
+
+def test_a_payload_reaching_several_nodes_is_converted_once_and_checked_against_each():
+    from p2pfl.errors import IncompatibleModel
+    from p2pfl.node import _state_of
+
+    own = Learner(mlp((64, 8, 10), seed=0), load_digits(seed=0)[0]).state()
+    other = Learner(mlp((64, 9, 10), seed=0), load_digits(seed=0)[0]).state()
+    payload = ModelPayload(own.to_numpy(), 1.0)
+    first = _state_of(own, payload)
+    assert _state_of(own.clone(), payload) is first  # an equal layout: the same conversion
+    assert torch.equal(first.flat, own.flat)
+    with pytest.raises(IncompatibleModel):
+        _state_of(other, payload)  # another layout is checked afresh, and refused
