@@ -29,6 +29,7 @@ from libp2p.host.ping import ID as PING_PROTOCOL
 from libp2p.host.ping import perform_ping_roundtrip
 from libp2p.identity.identify.identify import ID as IDENTIFY_PROTOCOL
 from libp2p.peer.id import ID
+from libp2p_events import next_event
 
 from transport.base import PeerConnected, PeerDisconnected
 from transport.libp2p import ModelPlaneConfig, open_libp2p_transport
@@ -99,14 +100,6 @@ def run(fn, *, timeout: float = 45.0):
 
 def ours():
     return open_libp2p_transport(key_pair=create_new_key_pair(), model=FAST)
-
-
-async def next_event(transport, kind, *, timeout: float = 5.0):
-    with trio.fail_after(timeout):
-        while True:
-            event = await transport.events.receive()
-            if isinstance(event, kind):
-                return event
 
 
 class JsPeer:

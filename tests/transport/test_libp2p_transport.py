@@ -30,6 +30,7 @@ from libp2p.peer.peerinfo import info_from_p2p_addr
 from libp2p.security.insecure.transport import PLAINTEXT_PROTOCOL_ID, InsecureTransport
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
+from libp2p_events import next_event
 
 from transport import codec
 from transport.base import PeerConnected, PeerDisconnected, Received
@@ -75,15 +76,6 @@ def model(round_: int, elements: int, seed: int = 0) -> ModelUpdate:
 def node(**kwargs):
     kwargs.setdefault("model", FAST)
     return open_libp2p_transport(key_pair=create_new_key_pair(), **kwargs)
-
-
-async def next_event(transport, kind, *, timeout: float = 5.0):
-    """The next event of type `kind`, skipping others (e.g. connection events)."""
-    with trio.fail_after(timeout):
-        while True:
-            event = await transport.events.receive()
-            if isinstance(event, kind):
-                return event
 
 
 async def connected_pair(stack: AsyncExitStack, a_kwargs=None, b_kwargs=None):
