@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 import resource
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -29,23 +29,20 @@ from gossip.membership import MemberList
 from gossip.modest import Modest
 from gossip.modest_settings import ModestSettings
 from gossip.protocol import RoundProtocol
-from p2pfl.aggregation.base import Aggregator, Contribution
+from p2pfl.aggregation.base import Aggregator
 from p2pfl.aggregation.registry import build_aggregator
 from p2pfl.attacks import LabelFlip, choose_byzantine
 from p2pfl.compute import VirtualCompute
 from p2pfl.datasets import dirichlet_split, iid_split, labels_of, take
 from p2pfl.errors import ConfigError
 from p2pfl.learner import Learner, LocalLearner
-from p2pfl.model_state import ModelState
 from p2pfl.node import Node, RoundRecord
-from p2pfl.transfer import KeepLocal
 from simulations.churn import PlannedEvent, plan_churn
 from simulations.config import (
     EVENT_DRIVEN,
     FL_SERVER,
     EmulationConfig,
     make_attack,
-    make_bristle,
     make_task,
     protocol_params,
 )
@@ -54,6 +51,7 @@ from simulations.results import ConsensusTracker, EmulationResult, summarise_nod
 from simulations.seeds import derive_seed
 from simulations.task import Task
 from simulations.topology import build_topology, load_topology
+from simulations.transfer_nodes import transfer_node
 from simulations.transfer_task import TransferTask
 from transport.links import LinkParams
 from transport.memory import MemoryNetwork, open_memory_network
@@ -253,7 +251,16 @@ class _Emulation:
             return learner, build_aggregator(config.aggregation, **config.aggregation_params)
         model = task.make_model(seed=init_seed)
         if isinstance(task, TransferTask):
-            train, aggregator = self._transfer_node(index, model)
+            honest_before = sum(1 for j in range(index) if j not in self.byzantine)
+            rank = None if index in self.byzantine else honest_before
+            train, aggregator = transfer_node(
+                task,
+                config,
+                model,
+                rank=rank,
+                data_seed=derive_seed(config.seed, _SPLIT, index),
+                aggregation_seed=derive_seed(config.seed, _AGGREGATION, index),
+            )
             train = flip.apply(train) if flip is not None else train
         else:
             train = self._train_data(index, flip)
@@ -262,26 +269,6 @@ class _Emulation:
             model, train, task.test, batch_size=config.batch_size, lr=config.lr, seed=batch_seed
         )
         return learner, aggregator
-
-    def _transfer_node(self, index: int, model: torch.nn.Module) -> tuple[Dataset, Aggregator]:
-        """digits_transfer: the node's data (by its rank among the honest nodes) and aggregator; its
-        model (a `MaskedLinear`) is told which classes it trains."""
-        config, task = self.config, self.task
-        assert isinstance(task, TransferTask)
-        rng = np.random.default_rng(derive_seed(config.seed, _SPLIT, index))
-        if index in self.byzantine:
-            data = task.node_data(rank=None, classes_per_node=config.classes_per_node, rng=rng)
-            return data.train, _KeepOwn()
-        rank = sum(1 for j in range(index) if j not in self.byzantine)
-        data = task.node_data(rank=rank, classes_per_node=config.classes_per_node, rng=rng)
-        model.train_only(data.classes)
-        if config.aggregation == "bristle":
-            assert data.local_test is not None and data.classes is not None
-            features, labels = data.local_test.tensors
-            seed = derive_seed(config.seed, _AGGREGATION, index)
-            return data.train, make_bristle(config, features, labels, data.classes, seed=seed)
-        rule = build_aggregator(config.aggregation, **config.aggregation_params)
-        return data.train, KeepLocal(rule, ("bias",))
 
     def _train_data(self, index: int, flip: LabelFlip | None) -> Dataset:
         data = self._local_data(index)
@@ -433,13 +420,6 @@ def _links(graph: nx.Graph, peer_of: dict[Any, str]) -> list[tuple[str, str, dic
             raise ConfigError(f"topology edge ({u}, {v}): {exc}") from exc
         links.append((peer_of[u], peer_of[v], params))
     return links
-
-
-class _KeepOwn(Aggregator):
-    """Merges nothing: a digits_transfer Byzantine node keeps its own model."""
-
-    def aggregate(self, own: Contribution, received: Sequence[Contribution]) -> ModelState:
-        return own.state
 
 
 def _graph(config: EmulationConfig, round: int) -> nx.Graph:
