@@ -8,7 +8,9 @@ Three kinds of case, each run in its own subprocess so that its peak RSS is its 
   then averaging. The floor of what "N torch models in one Python process" costs.
 * ``dpsgd``: the emulator running D-PSGD on a random 4-regular graph with the synthetic task, one
   local step per round, evaluated only after the last round.
-* ``modest``: the emulator running MoDeST (s=10 by default) with the synthetic task.
+* ``modest``: the emulator running MoDeST (s=10 by default) with the synthetic task; only the first
+  30 nodes of order(1) check whether they train round 1 (``--modest-start-depth``; 0 makes every
+  node check, which costs N x s pings at the start).
 
 Times: ``wall`` is the whole case (task, graph, nodes, run); ``build`` is the emulator's node
 construction (learners, models, protocol objects) inside it, measured by wrapping `_Emulation._build`;
@@ -153,8 +155,8 @@ def case_dpsgd(nodes: int, rounds: int, seed: int) -> dict:
     return _synthetic("dpsgd", nodes, rounds, seed)
 
 
-def case_modest(nodes: int, rounds: int, seed: int, s: int = 10) -> dict:
-    return _synthetic("modest", nodes, rounds, seed, protocol_params={"s": s})
+def case_modest(nodes: int, rounds: int, seed: int, s: int = 10, start_depth: int | None = None) -> dict:
+    return _synthetic("modest", nodes, rounds, seed, protocol_params={"s": s, "start_depth": start_depth})
 
 
 CASES = {"baseline": case_baseline, "dpsgd": case_dpsgd, "modest": case_modest}
@@ -223,6 +225,12 @@ def main() -> None:
     parser.add_argument("--modest-nodes", type=int, nargs="*", default=[1000, 10000, 100000])
     parser.add_argument("--modest-rounds", type=int, default=5)
     parser.add_argument("--modest-s", type=int, default=10)
+    parser.add_argument(
+        "--modest-start-depth",
+        type=int,
+        default=30,
+        help="ModestSettings.start_depth (0: None, every node pings the head of order(1) at the start)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="small sizes: 1,000-node cases, 3 rounds")
     parser.add_argument("--json", type=Path, help="also write the raw measurements here")
@@ -256,7 +264,7 @@ def main() -> None:
         )
         print(_table(results[-1:], baseline_rate).splitlines()[-1], flush=True)
     for nodes in args.modest_nodes:
-        extra = {"s": args.modest_s}
+        extra = {"s": args.modest_s, "start_depth": args.modest_start_depth or None}
         results.append(
             _run_case("modest", nodes, args.modest_rounds, args.seed, extra, profile_path("modest", nodes))
         )
