@@ -95,7 +95,9 @@ def test_with_default_eps_the_variance_follows_the_eps_formula(c):
     # |expected - target| = eps * |Var(merged) - target| / (Var(merged) + eps): small, but not
     # always below eps (it grows as Var(merged) shrinks), so check against that bound itself.
     bound = eps * abs(merged_var - target) / (merged_var + eps)
-    assert abs(var(out.tensor("layer.weight")) - target) <= bound * (1 + 1e-4) + 1e-6 * target
+    # Slack for float32 rounding of the variance itself, as in the rel=1e-5 check above (1e-6 was
+    # exceeded by 3.1e-6 vs 3.0e-6 on one example hypothesis found).
+    assert abs(var(out.tensor("layer.weight")) - target) <= bound * (1 + 1e-4) + 1e-5 * target
     # biases are left as merged by default
     assert torch.equal(
         out.tensor("layer.bias"),

@@ -125,9 +125,12 @@ def test_four_hosts_bootstrapping_from_one_form_a_full_mesh_and_survive_a_depart
                 assert leaver.peer_id in hub.discovery.candidates()
             # The leaver unregistered on its way out and its links closed: dropped everywhere.
             await until(lambda: full_mesh(hosts), what="mesh of the 3 remaining")
-            assert leaver.peer_id not in {
-                peer.to_base58() for peer, _, _ in hub.discovery.server.registrations()
-            }
+            # The hub may handle the unregister after the links closed (it did under load).
+            await until(
+                lambda: leaver.peer_id
+                not in {peer.to_base58() for peer, _, _ in hub.discovery.server.registrations()},
+                what="the leaver's registration gone from the hub",
+            )
             # The rest keep going: dials to the leaver fail and back off, messages flow, and a
             # newcomer that knows only a non-bootstrap host still joins everyone.
             dials = [h.libp2p_stats.discovery_dials for h in hosts]

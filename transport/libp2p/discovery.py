@@ -452,6 +452,8 @@ class Discovery:
         self._points: list[ID] = []
         self._shunned: dict[ID, float] = {}  # points whose last request failed, until when
         self._registered_until: dict[ID, float] = {}
+        # Points sent a register whose answer never came: they may hold our registration all the same.
+        self._unconfirmed: set[ID] = set()
         self._candidates: dict[ID, _Candidate] = {}
         self._quiet_until: dict[ID, float] = {}
         self._wake = trio.Event()
@@ -491,8 +493,10 @@ class Discovery:
     async def unregister_all(self, *, timeout: float = 1.0) -> None:
         """Best effort, at shutdown: tell the points we registered at that we are leaving."""
         now = trio.current_time()
-        points = [p for p, until in self._registered_until.items() if until > now and self._connected(p)]
+        registered = {p for p, until in self._registered_until.items() if until > now} | self._unconfirmed
+        points = [p for p in registered if self._connected(p)]
         self._registered_until.clear()
+        self._unconfirmed.clear()
         if not points:
             return
         message = create_unregister_message(self.config.namespace, self._host.get_id())
@@ -536,6 +540,7 @@ class Discovery:
             kept += self._rng.sample(fresh, min(room, len(fresh)))
         self._points = boot + kept[: max(0, self.config.max_points - len(boot))]
         self._registered_until = {p: t for p, t in self._registered_until.items() if p in self._points}
+        self._unconfirmed &= set(self._points)
         return list(self._points)
 
     async def _try(
@@ -556,7 +561,9 @@ class Discovery:
         if not addrs:
             raise RendezvousFailed("we have no address to register")
         message = create_register_message(cfg.namespace, self._host.get_id(), addrs[: cfg.max_addrs], cfg.ttl)
+        self._unconfirmed.add(point)
         response = (await self._reply(point, message, Message.REGISTER_RESPONSE)).registerResponse
+        self._unconfirmed.discard(point)
         if response.status != _OK:
             raise RendezvousFailed(f"register refused: {response.status} {response.statusText[:100]!r}")
         granted = min(response.ttl, cfg.ttl) if response.ttl else cfg.ttl
