@@ -7,8 +7,9 @@ Three ways to move N MiB from one process to another over 127.0.0.1, measured in
   libp2p   a bare stream between two hosts built as the daemon builds them (TCP + Noise + Yamux,
            `transport.libp2p.host.build_host`): same exchange on a protocol of its own.
   model    `Libp2pTransport.send` of a `ModelUpdate` holding one float32 tensor of N MiB, i.e. our
-           codec (msgpack), sha256, header, chunking, deadlines, decode at the receiver (which
-           drains `events`); `send` returns once the receiver verified and queued the message.
+           codec (msgpack), header, chunking, sha256 on both sides, deadlines, decode at the
+           receiver (which drains `events`); `send` returns once the receiver verified and queued
+           the message.
 
 Each is timed at the sender, from the start of the send to the receiver's one-byte answer, for one
 pair and for `--fan-in` senders to one receiver at once (aggregate MiB/s, all tensors counted). N is
@@ -16,9 +17,10 @@ the tensor size; the model plane also carries a few dozen bytes of header and fr
 
 With `--layout split` (the default) the receiver runs in a child process and all senders in this
 one, as on two machines; with `single` everything shares one trio loop (and one core). Methods are
-interleaved within each repeat so a noisy machine hits them alike; medians are printed, and the
-model plane as a fraction of the bare stream (the target is >= 80 %). `--profile` adds a cProfile
-of one in-process model-plane transfer and micro-timings of its CPU steps.
+interleaved within each repeat, in reverse order every other repeat, so a noisy machine hits them
+alike; medians are printed, and the model plane as a fraction of the bare stream (the target is
+>= 80 %), the median of that ratio within each repeat with its range over the repeats. `--profile`
+adds a cProfile of one in-process model-plane transfer and micro-timings of its CPU steps.
 
     PYTHONPATH=. python benchmarks/model_transfer.py --sizes 64 256 --repeats 3 --fan-in 4
 """
@@ -56,16 +58,19 @@ CHUNK = MiB
 BENCH_PROTOCOL = TProtocol("/p2pfl/bench/1.0.0")
 METHODS = ("tcp", "libp2p", "model")
 LOOPBACK = "/ip4/127.0.0.1/tcp/0"
+DEFAULT_READ_PAUSE = ModelPlaneConfig().read_pause
 
 
-def model_config(max_mib: int, fan_in: int) -> tuple[ModelPlaneConfig, codec.Limits]:
+def model_config(options: dict) -> tuple[ModelPlaneConfig, codec.Limits]:
     """Deadlines and caps with room for the largest transfer (defaults fit up to 512 MiB, fan-in 4)."""
+    max_mib, fan_in = options["max_mib"], options["fan_in"]
     body_cap = max(codec.DEFAULT_LIMITS.max_frame_bytes, (max_mib + 1) * MiB)
     config = ModelPlaneConfig(
         io_timeout=30.0,  # a busy 2-core machine can starve one stream for seconds
         transfer_timeout=max(600.0, max_mib * fan_in / 2.0),  # even at 2 MiB/s
         max_body_bytes=body_cap,
         max_inbound=max(4, fan_in),
+        read_pause=options.get("read_pause", DEFAULT_READ_PAUSE),
     )
     limits = codec.Limits(
         max_frame_bytes=body_cap, max_elements=max(codec.DEFAULT_LIMITS.max_elements, max_mib * MiB // 4)
@@ -116,7 +121,7 @@ async def libp2p_receiver(options: dict, *, task_status=trio.TASK_STATUS_IGNORED
 
 
 async def model_receiver(options: dict, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-    config, limits = model_config(options["max_mib"], options["fan_in"])
+    config, limits = model_config(options)
     async with open_libp2p_transport(
         key_pair=create_new_key_pair(), model=config, limits=limits, max_connections=64
     ) as transport:
@@ -210,7 +215,7 @@ async def libp2p_senders(stack: AsyncExitStack, addr: str, count: int, options: 
 
 
 async def model_senders(stack: AsyncExitStack, addr: str, count: int, options: dict) -> list[SendFn]:
-    config, limits = model_config(options["max_mib"], options["fan_in"])
+    config, limits = model_config(options)
     # One message per size, built before any timing and shared by all senders.
     messages = {mib: tensor_message(mib) for mib in options["sizes"]}
     senders = []
@@ -248,7 +253,12 @@ class Results:
 
 
 async def measure(args: argparse.Namespace) -> Results:
-    options = {"max_mib": max(args.sizes), "fan_in": args.fan_in, "sizes": sorted({1, *args.sizes})}
+    options = {
+        "max_mib": max(args.sizes),
+        "fan_in": args.fan_in,
+        "sizes": sorted({1, *args.sizes}),
+        "read_pause": args.read_pause,
+    }
     rates: dict[tuple[str, str, int], list[float]] = {}
     async with AsyncExitStack() as stack:
         senders = {}
@@ -257,9 +267,10 @@ async def measure(args: argparse.Namespace) -> Results:
             senders[method] = await SENDERS[method](stack, addr, args.fan_in, options)
             await timed(senders[method][:1], 1)  # warm up: first stream, window growth
         for repeat in range(args.repeats):
+            order = args.methods if repeat % 2 == 0 else args.methods[::-1]  # cancels a steady drift
             for mib in args.sizes:
                 for shape, count in (("pair", 1), ("fan-in", args.fan_in)):
-                    for method in args.methods:
+                    for method in order:
                         rate = await timed(senders[method][:count], mib)
                         rates.setdefault((method, shape, mib), []).append(rate)
                         print(f"  repeat {repeat + 1} {mib:>5} MiB {shape:<6} {method:<6} {rate:8.1f} MiB/s")
@@ -271,7 +282,7 @@ def print_table(results: Results, args: argparse.Namespace) -> None:
     print(f"\nmedian MiB/s of {args.repeats} repeats, layout {args.layout} (aggregate for fan-in)")
     header = f"{'size':>8} {'senders':>8}" + "".join(f"{m:>10}" for m in args.methods)
     if {"libp2p", "model"} <= set(args.methods):
-        header += f"{'model/libp2p':>14}"
+        header += f"{'model/libp2p':>14}{'(range)':>12}"
     if {"libp2p", "tcp"} <= set(args.methods):
         header += f"{'libp2p/tcp':>12}"
     print(header)
@@ -282,7 +293,7 @@ def print_table(results: Results, args: argparse.Namespace) -> None:
             if {"libp2p", "model"} <= set(args.methods):
                 model, bare = results.rates[("model", shape, mib)], results.rates[("libp2p", shape, mib)]
                 ratios = [m / b for m, b in zip(model, bare, strict=True)]
-                row += f"{statistics.median(ratios):>13.0%} "
+                row += f"{statistics.median(ratios):>13.0%} {min(ratios):>6.0%}-{max(ratios):<5.0%}"
             if {"libp2p", "tcp"} <= set(args.methods):
                 ratio = results.median("libp2p", shape, mib) / results.median("tcp", shape, mib)
                 row += f"{ratio:>11.1%} "
@@ -297,15 +308,16 @@ def micro_timings(mib: int) -> None:
     """CPU cost of the model plane's own steps for one tensor, single-threaded, as MiB/s."""
     message = tensor_message(mib)
     body = codec.encode(message)
+    writable = bytearray(body)
+    pieces = [body[i : i + 64 * 2**10] for i in range(0, len(body), 64 * 2**10)]  # as Yamux hands them
     steps: dict[str, Callable[[], object]] = {
         "codec.encode (1 full copy)": lambda: codec.encode(message),
         "codec.encode_segments (no copy)": lambda: codec.encode_segments(message),
         "sha256": lambda: hashlib.sha256(body).digest(),
-        "chunk slicing bytes(view[..])": lambda: [
-            bytes(memoryview(body)[i : i + CHUNK]) for i in range(0, len(body), CHUNK)
-        ],
-        "receive: bytearray += chunk": lambda: _accumulate(body),
-        "codec.decode (1 full copy)": lambda: codec.decode(body),
+        "receive: bytearray += piece (old)": lambda: _accumulate(pieces),
+        "receive: into np.empty(size) (new)": lambda: _fill(pieces, len(body)),
+        "codec.decode, bytearray (copies)": lambda: codec.decode(writable),
+        "codec.decode, bytes (in place)": lambda: codec.decode(body),
     }
     print(f"\nCPU cost of the model plane's steps for a {mib} MiB tensor (best of 3):")
     for name, step in steps.items():
@@ -313,11 +325,19 @@ def micro_timings(mib: int) -> None:
         print(f"  {name:<34} {mib / best:>9.0f} MiB/s  ({best * 1000:6.1f} ms)")
 
 
-def _accumulate(body: bytes) -> bytearray:
+def _accumulate(pieces: list[bytes]) -> bytearray:
     out = bytearray()
-    view = memoryview(body)
-    for i in range(0, len(body), CHUNK):
-        out += view[i : i + CHUNK]
+    for piece in pieces:
+        out += piece
+    return out
+
+
+def _fill(pieces: list[bytes], size: int) -> np.ndarray:
+    out = np.empty(size, np.uint8)
+    view, done = memoryview(out), 0
+    for piece in pieces:
+        view[done : done + len(piece)] = piece
+        done += len(piece)
     return out
 
 
@@ -362,12 +382,21 @@ def main() -> None:
         default="split",
         help="split: receiver in a child process; single: everything in one trio loop",
     )
+    parser.add_argument(
+        "--read-pause",
+        type=float,
+        default=DEFAULT_READ_PAUSE,
+        help="model plane read_pause, seconds (0: read each piece as it comes, as the bare stream does)",
+    )
     parser.add_argument("--profile", action="store_true", help="also profile one model-plane transfer")
     args = parser.parse_args()
     if min(args.sizes) < 1 or args.repeats < 1 or args.fan_in < 1:
         parser.error("sizes, repeats and fan-in must be >= 1")
 
-    print(f"sizes {args.sizes} MiB, {args.repeats} repeats, fan-in {args.fan_in}, layout {args.layout}")
+    print(
+        f"sizes {args.sizes} MiB, {args.repeats} repeats, fan-in {args.fan_in}, layout {args.layout}, "
+        f"model plane read_pause {args.read_pause} s"
+    )
     results = trio.run(measure, args)
     print_table(results, args)
     if args.profile:

@@ -261,15 +261,25 @@ def _ext_header(length: int) -> bytes:
 # --- decoding -------------------------------------------------------------------------------------
 
 
-def decode(data: bytes | memoryview, *, limits: Limits = DEFAULT_LIMITS) -> object:
+def decode(data: bytes | bytearray | memoryview, *, limits: Limits = DEFAULT_LIMITS) -> object:
     """The message in `data`, validated against its annotations; `DecodeError` for anything else.
 
-    Tensors come back as read-only arrays viewing the decoded ext bytes (no copy of the elements).
+    Tensors come back as read-only arrays viewing the ext bytes msgpack copied out of `data` (no
+    further copy of the elements). From `_VIEW_MESSAGE_BYTES` on, a message in memory that cannot
+    change (`bytes`, or a read-only memoryview whose memory its owner leaves alone) has its big
+    tensors view `data` itself, copied by nobody: `_find_big_tensors`.
     """
-    size = memoryview(data).nbytes
+    view = memoryview(data)
+    size = view.nbytes
     if size > limits.max_frame_bytes:
         raise DecodeError(f"message of {size} bytes exceeds the {limits.max_frame_bytes}-byte cap")
-    tensors = _TensorHook(limits)
+    in_place: list[memoryview] | None = None
+    if size >= _VIEW_MESSAGE_BYTES and view.readonly and view.c_contiguous:
+        found = _find_big_tensors(view.cast("B"))
+        if found:
+            data, in_place = _without_big_tensors(view.cast("B"), found)
+            size = len(data)
+    tensors = _TensorHook(limits, in_place)
     try:
         # Every element takes at least one input byte, so `size` is also a cap on every length.
         raw = msgpack.unpackb(
@@ -295,15 +305,22 @@ def decode(data: bytes | memoryview, *, limits: Limits = DEFAULT_LIMITS) -> obje
 class _TensorHook:
     """msgpack ext_hook for one decode: ext type 1 -> read-only array viewing the ext bytes.
 
-    Counts tensors and elements against the limits from the header, before any array exists.
+    `in_place` holds the bodies of the tensors `_without_big_tensors` left out, each a placeholder
+    ext naming its index. Counts tensors and elements against the limits from the header, before any
+    array exists.
     """
 
-    def __init__(self, limits: Limits) -> None:
+    def __init__(self, limits: Limits, in_place: list[memoryview] | None = None) -> None:
         self._limits = limits
+        self._in_place = in_place
         self._tensors = 0
         self._elements = 0
 
-    def __call__(self, code: int, data: bytes) -> np.ndarray:
+    def __call__(self, code: int, data: bytes | memoryview) -> np.ndarray:
+        if code == _IN_PLACE_EXT_CODE and self._in_place is not None:
+            # Only the walk made exts of this code (it gives up on any other non-tensor ext).
+            (index,) = _INDEX.unpack(data)
+            code, data = TENSOR_EXT_CODE, self._in_place[index]
         if code != TENSOR_EXT_CODE:
             raise DecodeError(f"unknown msgpack ext type {code}")
         self._tensors += 1
@@ -343,6 +360,121 @@ class _TensorHook:
                 f"tensor {name}{shape} needs {count * dtype.itemsize} bytes, has {len(data) - start}"
             )
         return np.frombuffer(data, dtype, count, offset=start).reshape(shape)
+
+
+# --- big messages: tensors viewed where they lie -------------------------------------------------
+#
+# msgpack copies every ext body it hands to ext_hook: for a model of hundreds of MiB that is a copy
+# of the model into fresh memory, page faults and all. So for a big message in immutable memory a
+# walk over its msgpack structure (headers only; strings, bins and ext bodies are stepped over) finds
+# the big tensor exts first; msgpack then decodes a copy of the message with each of them replaced
+# by a 10-byte placeholder ext, and their arrays view `data` itself. The walk vouches for nothing:
+# whenever it meets something it does not expect (malformed bytes, an ext that is no tensor,
+# trailing bytes, more elements than `_WALK_BUDGET`) it gives up and the copying decode, which
+# reports whatever is wrong, runs as it always did. Either way the same bytes decode to the same
+# message or the same error.
+
+_VIEW_MESSAGE_BYTES = 2**20  # messages from this size on are walked
+_VIEW_TENSOR_BYTES = 2**16  # tensor ext bodies from this size on are viewed in place
+_WALK_BUDGET = 2**16  # msgpack elements, at a fraction of a microsecond each
+_IN_PLACE_EXT_CODE = 127  # placeholder ext of a tensor left in place: fixext 8, its index
+_IN_PLACE_EXT = bytes((0xD7, _IN_PLACE_EXT_CODE))
+_U8 = struct.Struct(">B")
+_U16 = struct.Struct(">H")
+_U32 = struct.Struct(">I")
+
+
+def _element_sizes() -> tuple[int, ...]:
+    """Total size in bytes of the msgpack elements that one byte fully describes, by that byte; else 0."""
+    sizes = [0] * 256
+    for b in (*range(0x00, 0x80), *range(0xE0, 0x100), 0xC0, 0xC2, 0xC3):  # ints, nil, bools
+        sizes[b] = 1
+    for b in range(0xA0, 0xC0):  # fixstr
+        sizes[b] = 1 + (b & 0x1F)
+    fixed = {0xCA: 5, 0xCB: 9, 0xCC: 2, 0xCD: 3, 0xCE: 5, 0xCF: 9, 0xD0: 2, 0xD1: 3, 0xD2: 5, 0xD3: 9}
+    for b, size in fixed.items():
+        sizes[b] = size
+    return tuple(sizes)
+
+
+_ELEMENT_SIZES = _element_sizes()
+# Length-prefixed strs and bins: the struct of their length field, by first byte.
+_BLOB_LENGTH = {0xC4: _U8, 0xC5: _U16, 0xC6: _U32, 0xD9: _U8, 0xDA: _U16, 0xDB: _U32}
+# Exts but fixexts: (struct of the length and the type, header size), by first byte.
+_EXT_HEADER = {
+    0xC7: (struct.Struct(">BB"), 3),
+    0xC8: (struct.Struct(">HB"), 4),
+    0xC9: (struct.Struct(">IB"), 6),
+}
+# Arrays and maps beyond the fix forms: (struct of the count, elements per count, header size).
+_CONTAINER_HEADER = {0xDC: (_U16, 1, 3), 0xDD: (_U32, 1, 5), 0xDE: (_U16, 2, 3), 0xDF: (_U32, 2, 5)}
+
+
+def _find_big_tensors(view: memoryview) -> list[tuple[int, int, int]] | None:
+    """(ext start, body start, body end) of every tensor ext with a body of `_VIEW_TENSOR_BYTES` or
+    more in the one msgpack object that `view` (format "B") holds, in order; None if there are none
+    or the walk gives up (see above)."""
+    end = len(view)
+    sizes = _ELEMENT_SIZES
+    found: list[tuple[int, int, int]] = []
+    pos = 0
+    left = 1  # elements still to walk: an array of n adds n, a map 2n
+    walked = 0
+    while left:
+        if pos >= end or walked == _WALK_BUDGET:
+            return None
+        walked += 1
+        left -= 1
+        first = view[pos]
+        size = sizes[first]
+        if size:
+            pos += size
+        elif 0x80 <= first <= 0x9F:  # fixmap, fixarray
+            left += (first & 0x0F) * (2 if first < 0x90 else 1)
+            pos += 1
+        elif first in _BLOB_LENGTH:
+            length_field = _BLOB_LENGTH[first]
+            if pos + 1 + length_field.size > end:
+                return None
+            pos += 1 + length_field.size + length_field.unpack_from(view, pos + 1)[0]
+        elif first in _CONTAINER_HEADER:
+            count_field, per_count, header = _CONTAINER_HEADER[first]
+            if pos + header > end:
+                return None
+            left += per_count * count_field.unpack_from(view, pos + 1)[0]
+            pos += header
+        else:
+            if 0xD4 <= first <= 0xD8:  # fixext 1, 2, 4, 8, 16
+                if pos + 2 > end:
+                    return None
+                length, code, header = 1 << (first - 0xD4), view[pos + 1], 2
+            elif first in _EXT_HEADER:
+                fields, header = _EXT_HEADER[first]
+                if pos + header > end:
+                    return None
+                length, code = fields.unpack_from(view, pos + 1)
+            else:  # 0xc1, never used
+                return None
+            if code != TENSOR_EXT_CODE:
+                return None
+            body = pos + header
+            if length >= _VIEW_TENSOR_BYTES and body + length <= end:
+                found.append((pos, body, body + length))
+            pos = body + length
+    return found if found and pos == end else None
+
+
+def _without_big_tensors(
+    view: memoryview, found: list[tuple[int, int, int]]
+) -> tuple[bytes, list[memoryview]]:
+    """`view` with each ext of `found` replaced by a placeholder naming its index; the ext bodies."""
+    parts = []
+    done = 0
+    for index, (start, _, stop) in enumerate(found):
+        parts += (view[done:start], _IN_PLACE_EXT, _INDEX.pack(index))
+        done = stop
+    parts.append(view[done:])
+    return b"".join(parts), [view[body:stop] for _, body, stop in found]
 
 
 def _decode_message(raw: object, limits: Limits) -> object:

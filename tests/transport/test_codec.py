@@ -573,3 +573,103 @@ def test_unsupported_annotations_are_programming_errors():
     with pytest.raises(TypeError, match="unsupported annotation"):
         codec._check_annotation(int | str, "x")
     codec._check_annotation(dict[int, list[tuple[int, ...] | None]], "x")
+
+
+# --- big messages: tensors viewed in place ---------------------------------------------------------
+
+# Every message walked and every tensor viewed in place, however small.
+view_everything = mock.patch.multiple(codec, _VIEW_MESSAGE_BYTES=0, _VIEW_TENSOR_BYTES=0)
+
+
+def outcome(data: bytes | bytearray) -> tuple[str, object]:
+    try:
+        return "ok", decode(data)
+    except DecodeError as exc:
+        return "error", str(exc)
+
+
+def assert_same_outcome(data: bytes) -> None:
+    """bytes (walked, tensors in place) and a bytearray of them (never walked) decode alike."""
+    in_place, copied = outcome(data), outcome(bytearray(data))
+    assert in_place[0] == copied[0], (in_place, copied)
+    if in_place[0] == "error":
+        assert in_place == copied
+    else:
+        assert_same(in_place[1], copied[1], type(copied[1]))
+
+
+def owner(array: np.ndarray) -> object:
+    """The object whose memory `array` views (through numpy views and memoryviews)."""
+    while isinstance(array, np.ndarray) and array.base is not None:
+        array = array.base
+    return array.obj if isinstance(array, memoryview) else array
+
+
+def test_big_tensors_of_a_big_message_view_its_bytes_and_are_read_only():
+    big, small = np.arange(2**18, dtype=np.float32), np.arange(10, dtype=np.int64)
+    data = encode(model_update({"big": big, "small": small, "mid": np.ones((128, 128), np.float32)}))
+    assert len(data) >= codec._VIEW_MESSAGE_BYTES
+    got = decode(data).model.tensors
+    assert owner(got["big"]) is data and owner(got["mid"]) is data  # bodies of 64 KiB and more
+    assert owner(got["small"]) is not data  # copied out by msgpack, as before
+    assert not any(t.flags.writeable for t in got.values())
+    assert_same(decode(data), decode(bytearray(data)), ModelUpdate)
+    # A read-only memoryview is viewed too (the model plane's receive buffer).
+    buffer = np.frombuffer(data, np.uint8).copy()
+    got = decode(memoryview(buffer).toreadonly()).model.tensors
+    assert owner(got["big"]) is buffer and not got["big"].flags.writeable
+    np.testing.assert_array_equal(got["big"], big)
+
+
+def test_memory_that_may_change_is_never_viewed():
+    data = encode(model_update({"big": np.arange(2**18, dtype=np.float32)}))
+    for source in (bytearray(data), memoryview(bytearray(data)), np.frombuffer(data, np.uint8).copy()):
+        got = decode(source).model.tensors["big"]
+        assert owner(got) is not source and not got.flags.writeable
+        np.testing.assert_array_equal(got, np.arange(2**18, dtype=np.float32))
+
+
+def test_a_message_with_more_elements_than_the_walk_allows_is_copied_and_still_decodes():
+    tensors = {str(i): np.zeros(1, np.int8) for i in range(codec._WALK_BUDGET // 2)}
+    tensors["big"] = np.arange(2**18, dtype=np.float32)
+    data = encode(model_update(tensors))
+    limits = Limits(max_tensors=len(tensors))
+    assert codec._find_big_tensors(memoryview(data)) is None
+    got = decode(data, limits=limits).model.tensors
+    assert owner(got["big"]) is not data and len(got) == len(tensors)
+    with mock.patch.object(codec, "_WALK_BUDGET", 2 * len(tensors) + 10):
+        assert owner(decode(data, limits=limits).model.tensors["big"]) is data
+
+
+def test_a_big_message_with_another_ext_or_trailing_bytes_fails_as_the_copying_decode_does():
+    big = tensor_ext("float32", [2**18], bytes(2**20))
+    cases = [
+        raw_update({"w": big, "x": msgpack.ExtType(5, b"\0" * 8)}),  # an ext that is no tensor
+        raw_update({"w": big}) + b"\0",  # trailing bytes
+        raw_update({"w": big})[:-1],  # one byte short
+        raw_update({"w": tensor_ext("float32", [2**18 + 1], bytes(2**20))}),  # shape and size differ
+        raw_update({"w": big, "v": big}, weight="heavy"),  # a field of the wrong type
+    ]
+    for data in cases:
+        assert len(data) >= codec._VIEW_MESSAGE_BYTES
+        assert outcome(data)[0] == "error"
+        assert_same_outcome(data)
+    placeholder = msgpack.ExtType(codec._IN_PLACE_EXT_CODE, bytes(8))  # a peer's own "placeholder"
+    refused(raw_update({"w": big, "p": placeholder}), "unknown msgpack ext type 127")
+
+
+@pytest.mark.parametrize("tag", sorted(set(message_types()) - NOT_ROUND_TRIPPED))
+@SETTINGS
+@given(data=st.data())
+def test_every_message_type_round_trips_with_its_tensors_in_place(tag, data):
+    cls = message_types()[tag]
+    msg = data.draw(strategy_for(cls))
+    with view_everything:
+        assert_same(decode(encode(msg)), msg, cls)
+
+
+@settings(SETTINGS, max_examples=300)
+@given(data=mutated(AllTypes) | mutated(ModelUpdate) | st.binary(max_size=256))
+def test_in_place_and_copying_decodes_agree_on_any_bytes(data):
+    with view_everything:
+        assert_same_outcome(data)

@@ -7,6 +7,7 @@ test body also runs under a deadline, so a hang fails the test instead of the su
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import time
@@ -21,6 +22,7 @@ from hypothesis import strategies as st
 
 pytest.importorskip("libp2p")
 
+import msgpack
 import multiaddr
 from libp2p import new_host
 from libp2p.crypto.ed25519 import create_new_key_pair
@@ -42,6 +44,7 @@ from transport.libp2p import (
     MessageTooLarge,
     ModelPlaneConfig,
     TransferRejected,
+    model_plane,
     open_libp2p_transport,
 )
 from transport.libp2p.model_plane import MODEL_PROTOCOL, TransferHeader, _chunks
@@ -119,6 +122,12 @@ async def raw_transfer(sender, peer_id: str, frames: list[bytes], *, read_status
         await stream.reset()
 
 
+def transfer(kind: str, round_: int, body: bytes, *, digest: bytes | None = None, codec_name=CODEC_NAME):
+    """The frames of a hand-made model-plane transfer: header, body, sha256 trailer (`digest` if given)."""
+    header = TransferHeader(kind, round_, len(body), codec_name).encode()
+    return [header, body, hashlib.sha256(body).digest() if digest is None else digest]
+
+
 def test_two_hosts_exchange_typed_messages_including_a_multi_mib_tensor():
     async def main():
         async with AsyncExitStack() as stack:
@@ -133,15 +142,21 @@ def test_two_hosts_exchange_typed_messages_including_a_multi_mib_tensor():
             elapsed = time.monotonic() - start
             assert event.sender == b.peer_id and event.topic is None
             assert event.message.round == 4 and event.message.model.weight == 2.0
+            encoded = len(codec.encode(big))
             np.testing.assert_array_equal(event.message.model.tensors["w"], big.model.tensors["w"])
             np.testing.assert_array_equal(event.message.model.tensors["b"], big.model.tensors["b"])
             assert elapsed < 10
+            # The big tensor is a read-only view of the buffer the body was received into, not a copy.
+            w = base = event.message.model.tensors["w"]
+            while isinstance(base, np.ndarray):
+                base = base.base
+            assert not w.flags.writeable and isinstance(base, memoryview) and base.readonly
+            assert type(base.obj) is np.ndarray and base.obj.nbytes == encoded > w.nbytes  # the whole body
 
             await a.send(b.peer_id, Note("hello", round=1))
             event = await next_event(b, Received)
             assert event.message == Note("hello", round=1) and event.sender == a.peer_id
 
-            encoded = len(codec.encode(big))
             assert b.stats.messages_sent == a.stats.messages_received == 1
             assert b.stats.bytes_sent == a.stats.bytes_received > encoded  # body + header on the wire
             assert a.libp2p_stats.transfers_received == 1 and b.libp2p_stats.transfers_sent == 1
@@ -298,7 +313,7 @@ def test_oversize_headers_are_refused_before_any_allocation():
     async def main():
         async with AsyncExitStack() as stack:
             a, b = await connected_pair(stack)
-            huge = TransferHeader("model_update", 1, 2**40, bytes(32)).encode()  # 1 TiB announced
+            huge = TransferHeader("model_update", 1, 2**40).encode()  # 1 TiB announced
             assert await raw_transfer(b, a.peer_id, [huge]) == 2  # too_large
             long_header = frame_prefix(a.model_plane.config.max_header_bytes + 1)
             assert await raw_transfer(b, a.peer_id, [long_header]) in (2, None)
@@ -319,17 +334,18 @@ def test_corrupted_body_is_refused_and_nothing_is_emitted():
             digest = hashlib.sha256(body).digest()
             corrupted = bytearray(body)
             corrupted[len(body) // 2] ^= 0xFF
-            header = TransferHeader("model_update", 1, len(body), digest).encode()
-            assert await raw_transfer(b, a.peer_id, [header, bytes(corrupted)]) == 5  # hash_mismatch
+            frames = transfer("model_update", 1, bytes(corrupted), digest=digest)
+            assert await raw_transfer(b, a.peer_id, frames) == 5  # hash_mismatch
+            # The body intact, its trailer not.
+            wrong = bytes([digest[0] ^ 1]) + digest[1:]
+            assert await raw_transfer(b, a.peer_id, transfer("model_update", 1, body, digest=wrong)) == 5
             # A well-hashed body that is no message, and one whose header lies about its kind.
             junk = b"\xc1" * 100
-            header = TransferHeader("model_update", 1, len(junk), hashlib.sha256(junk).digest()).encode()
-            assert await raw_transfer(b, a.peer_id, [header, junk]) == 6  # undecodable
+            assert await raw_transfer(b, a.peer_id, transfer("model_update", 1, junk)) == 6  # undecodable
             note = codec.encode(Note("hi"))
-            header = TransferHeader("model_update", 1, len(note), hashlib.sha256(note).digest()).encode()
-            assert await raw_transfer(b, a.peer_id, [header, note]) == 7  # kind_mismatch
+            assert await raw_transfer(b, a.peer_id, transfer("model_update", 1, note)) == 7  # kind_mismatch
             reasons = a.libp2p_stats.rejected_by_reason
-            assert reasons["transfer:hash_mismatch"] == reasons["transfer:undecodable"] == 1
+            assert reasons["transfer:hash_mismatch"] == 2 and reasons["transfer:undecodable"] == 1
             assert reasons["transfer:kind_mismatch"] == 1
             assert_nothing_received(a)
             # The receiver keeps serving: the next good transfer arrives whole.
@@ -337,6 +353,124 @@ def test_corrupted_body_is_refused_and_nothing_is_emitted():
             await b.send(a.peer_id, good)
             event = await next_event(a, Received)
             np.testing.assert_array_equal(event.message.model.tensors["w"], good.model.tensors["w"])
+
+    run(main)
+
+
+def test_a_big_body_hashed_in_worker_threads_is_checked_all_the_same():
+    async def main():
+        async with AsyncExitStack() as stack:
+            a, b = await connected_pair(stack)
+            body = codec.encode(model(1, 3 * MiB))  # 12 MiB: hashed in worker threads on both sides
+            assert len(body) > 2 * model_plane._HASH_STEP_BYTES
+            corrupted = bytearray(body)
+            corrupted[-1000] ^= 0x01  # in the last step the receiver hashes
+            frames = transfer("model_update", 1, bytes(corrupted), digest=hashlib.sha256(body).digest())
+            assert await raw_transfer(b, a.peer_id, frames) == 5  # hash_mismatch
+            assert a.libp2p_stats.rejected_by_reason["transfer:hash_mismatch"] == 1
+            assert_nothing_received(a)
+            assert await raw_transfer(b, a.peer_id, transfer("model_update", 1, body)) == 0
+            got = (await next_event(a, Received)).message.model.tensors["w"]
+            np.testing.assert_array_equal(got, model(1, 3 * MiB).model.tensors["w"])
+
+    run(main)
+
+
+def test_read_pause_and_buffer_pool_bytes_are_validated():
+    for bad in (-0.001, 0.5):
+        with pytest.raises(ValueError, match="read_pause"):
+            ModelPlaneConfig(read_pause=bad)
+    assert ModelPlaneConfig(read_pause=0).read_pause == 0
+    with pytest.raises(ValueError, match="buffer_pool_bytes"):
+        ModelPlaneConfig(buffer_pool_bytes=-1)
+
+
+def test_buffer_pool_gives_a_slab_again_only_once_nothing_views_it():
+    pool = model_plane.BufferPool(keep_bytes=10 * MiB)
+    first = pool.take(4 * MiB)
+    first[:] = 1
+    tensor = np.frombuffer(memoryview(first).toreadonly()[100:], np.float32)  # as decode views it
+    del first
+    second = pool.take(4 * MiB)  # the first slab is still viewed: a new one
+    second[:] = 2
+    assert pool.reused == 0 and np.all(tensor == np.frombuffer(b"\x01" * 4, np.float32)[0])
+    del tensor
+    assert pool.free_bytes == 4 * MiB
+    third = pool.take(3 * MiB)  # fits in the free slab (at most twice as big)
+    assert pool.reused == 1 and third.nbytes == 3 * MiB and pool.free_bytes == 0
+    del second, third
+    assert pool.free_bytes == 8 * MiB
+    small = pool.take(MiB)  # the free 4 MiB slabs are more than twice too big: a new one
+    assert pool.reused == 1 and pool.free_bytes == 8 * MiB
+    del small
+    assert pool.free_bytes == 9 * MiB
+    big = pool.take(6 * MiB)  # none fits: the oldest free slabs make room for it
+    assert pool.free_bytes == MiB
+    del big
+    assert pool.free_bytes == 7 * MiB
+    in_6, new_1, new_2 = (pool.take(4 * MiB) for _ in range(3))  # one from the 6 MiB slab
+    assert pool.reused == 2 and pool.free_bytes == MiB
+    del in_6
+    assert pool.free_bytes == 7 * MiB
+    del new_1, new_2
+    assert pool.free_bytes == 7 * MiB  # 11 MiB would pass keep_bytes: dropped
+    nothing = model_plane.BufferPool(keep_bytes=0)
+    nothing.take(4 * MiB).fill(0)  # dropped at once
+    assert nothing.free_bytes == 0
+
+
+def test_received_models_reuse_receive_buffers_but_never_one_still_in_use():
+    async def main():
+        async with AsyncExitStack() as stack:
+            a, b = await connected_pair(stack)
+            pool = a.model_plane._buffers
+            first = model(1, 2 * MiB, seed=1)  # 8 MiB: read into a pool buffer
+            await b.send(a.peer_id, first)
+            kept = (await next_event(a, Received)).message.model.tensors["w"]
+            assert pool.free_bytes == 0  # `kept` views it
+            second = model(2, 2 * MiB, seed=2)
+            await b.send(a.peer_id, second)
+            event = await next_event(a, Received)
+            assert pool.reused == 0
+            np.testing.assert_array_equal(kept, first.model.tensors["w"])  # not overwritten
+            np.testing.assert_array_equal(event.message.model.tensors["w"], second.model.tensors["w"])
+            del event
+            assert pool.free_bytes > 0  # the second model's buffer, no longer viewed
+            await b.send(a.peer_id, first)
+            got = (await next_event(a, Received)).message.model.tensors["w"]
+            assert pool.reused == 1
+            np.testing.assert_array_equal(got, first.model.tensors["w"])
+            np.testing.assert_array_equal(kept, first.model.tensors["w"])
+
+    run(main)
+
+
+@pytest.mark.parametrize("read_pause", [0, 0.001])
+def test_a_big_model_arrives_whole_whether_reads_pause_or_not(read_pause):
+    async def main():
+        async with AsyncExitStack() as stack:
+            config = dataclasses.replace(FAST, read_pause=read_pause)
+            a, b = await connected_pair(stack, a_kwargs={"model": config})
+            big = model(3, 2 * MiB)
+            await b.send(a.peer_id, big)
+            got = (await next_event(a, Received)).message.model.tensors
+            np.testing.assert_array_equal(got["w"], big.model.tensors["w"])
+            np.testing.assert_array_equal(got["b"], big.model.tensors["b"])
+
+    run(main)
+
+
+def test_a_header_of_another_version_is_refused():
+    async def main():
+        async with AsyncExitStack() as stack:
+            a, b = await connected_pair(stack)
+            body = codec.encode(Note("hi"))
+            digest = hashlib.sha256(body).digest()
+            # Version 1 carried the digest in the header and no trailer.
+            v1 = msgpack.packb([1, "test_libp2p_note", 0, len(body), digest, CODEC_NAME])
+            assert await raw_transfer(b, a.peer_id, [frame_prefix(len(v1)) + v1, body]) == 1  # bad_header
+            assert a.libp2p_stats.rejected_by_reason["transfer:bad_header"] == 1
+            assert_nothing_received(a)
 
     run(main)
 
@@ -388,17 +522,37 @@ def test_a_receiver_that_stops_reading_does_not_block_the_sender():
     run(main)
 
 
-@pytest.mark.parametrize(("sender_does", "reason"), [("stall", "timeout"), ("reset", "truncated")])
-def test_a_sender_that_stops_mid_body_is_cut_off_and_nothing_is_emitted(sender_does, reason):
+@pytest.mark.parametrize(
+    ("sender_does", "stops_at", "reason", "elements"),
+    [
+        ("stall", "mid body", "timeout", 200_000),
+        ("reset", "mid body", "truncated", 200_000),
+        ("stall", "mid digest", "timeout", 200_000),
+        ("close", "mid digest", "truncated", 200_000),
+        ("close", "before the digest", "truncated", 200_000),
+        # Big bodies, hashed in a worker thread that the failure must stop too.
+        ("stall", "mid body", "timeout", 2 * MiB),
+        ("close", "before the digest", "truncated", 2 * MiB),
+    ],
+)
+def test_a_sender_that_stops_mid_body_is_cut_off_and_nothing_is_emitted(
+    sender_does, stops_at, reason, elements
+):
     async def main():
         async with AsyncExitStack() as stack:
             a, b = await connected_pair(stack)
-            body = codec.encode(model(1, 200_000))
-            header = TransferHeader("model_update", 1, len(body), hashlib.sha256(body).digest()).encode()
+            header, body, digest = transfer("model_update", 1, codec.encode(model(1, elements)))
+            sent = {
+                "mid body": header + body[: len(body) // 2],
+                "mid digest": header + body + digest[:20],
+                "before the digest": header + body,
+            }[stops_at]
             stream = await b.host.new_stream(ID.from_base58(a.peer_id), [MODEL_PROTOCOL])
-            await stream.write(header + body[: len(body) // 2])
+            await stream.write(sent)
             if sender_does == "reset":
                 await stream.reset()
+            elif sender_does == "close":
+                await stream.close()
             with trio.fail_after(4):  # the receiver's io_timeout is 1 s
                 while not a.libp2p_stats.transfers_rejected:
                     await trio.sleep(0.05)
@@ -521,13 +675,12 @@ def test_a_body_codec_the_receiver_does_not_know_is_refused_and_not_charged():
             strict = {"penalties": PenaltyConfig(offences=1)}  # any charge would ban at once
             a, b = await connected_pair(stack, a_kwargs=strict)
             body = codec.encode(model(1, 1000))
-            digest = hashlib.sha256(body).digest()
             for name in (f"{CODEC_NAME}+zstd", "\x00garbage"):
-                header = TransferHeader("model_update", 1, len(body), digest, name).encode()
-                assert await raw_transfer(b, a.peer_id, [header, body]) == 8  # unknown_codec
+                frames = transfer("model_update", 1, body, codec_name=name)
+                assert await raw_transfer(b, a.peer_id, frames) == 8  # unknown_codec
             # A known name over a body that is not what it says: undecodable (charged, so banned).
-            header = TransferHeader("model_update", 1, len(body), digest, f"{CODEC_NAME}+int8").encode()
-            assert await raw_transfer(b, a.peer_id, [header, body]) == 6
+            frames = transfer("model_update", 1, body, codec_name=f"{CODEC_NAME}+int8")
+            assert await raw_transfer(b, a.peer_id, frames) == 6
             reasons = a.libp2p_stats.rejected_by_reason
             assert reasons["transfer:unknown_codec"] == 2 and reasons["transfer:undecodable"] == 1
             assert list(a.banned_peers()) == [b.peer_id]
@@ -540,9 +693,8 @@ def test_a_body_codec_the_receiver_does_not_know_is_refused_and_not_charged():
 
 
 def corrupted_transfer() -> list[bytes]:
-    body = codec.encode(model(1, 1000))
     wrong = hashlib.sha256(b"another body").digest()
-    return [TransferHeader("model_update", 1, len(body), wrong).encode(), body]
+    return transfer("model_update", 1, codec.encode(model(1, 1000)), digest=wrong)
 
 
 def test_a_peer_that_keeps_sending_bad_transfers_is_banned_and_cut_off():
@@ -585,9 +737,8 @@ def test_streams_of_a_banned_peer_are_reset_unread():
 
             a.host.disconnect = keep_connected
             a.penalise(b.peer_id, "test")
-            body = codec.encode(Note("hello"))
-            header = TransferHeader("test_libp2p_note", 0, len(body), hashlib.sha256(body).digest()).encode()
-            assert await raw_transfer(b, a.peer_id, [header, body]) is None
+            frames = transfer("test_libp2p_note", 0, codec.encode(Note("hello")))
+            assert await raw_transfer(b, a.peer_id, frames) is None
             assert a.libp2p_stats.rejected_by_reason["transfer:banned"] == 1
             assert b.peer_id in a.peers()
             assert_nothing_received(a)

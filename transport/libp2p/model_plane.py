@@ -3,15 +3,20 @@
 GossipSub drops anything over 1 MiB and request_response breaks near 6.5 MB, so direct messages
 (models above all) travel on their own protocol. One transfer on a fresh stream::
 
-    sender:   u32 header length | msgpack header [version, kind, round, size, sha256, codec]
-              body, written in chunks of `chunk_bytes`
+    sender:   u32 header length | msgpack header [version, kind, round, size, codec]
+              body: `size` bytes, written in chunks of `chunk_bytes`
+              sha256 of the body: 32 bytes
     receiver: one status byte (0 = accepted; otherwise why it refused), then the stream ends
 
 The header's codec names what the body is (plain msgpack, or with its models compressed; see
-`transport.body_codec`). The receiver checks the header before it allocates anything (size against
-its cap, known codec, the optional accept hook, a free slot in the inbox), reads exactly `size`
-bytes, verifies the hash, decodes, and only then hands the message on; any failure resets the
-stream, logs a line and bumps a counter, and the model that reaches the application is never partial.
+`transport.body_codec`). The digest trails the body so that neither side waits for a pass over the
+body of its own: the sender hashes while it writes, the receiver while it reads, both in a worker
+thread for big bodies (hashlib releases the GIL), so hashing takes no time from the event loop.
+The receiver checks the header before it allocates anything (size against its cap, known codec, the
+optional accept hook, a free slot in the inbox), reads exactly `size` bytes into one buffer, checks
+the digest, decodes (big tensors stay views of that buffer: no copy of the model on the way in),
+and only then hands the message on; any failure resets the stream, logs a line and bumps a counter,
+and the model that reaches the application is never partial.
 
 A refusal through the sender's fault (not "busy", not a transfer we do not want) is also charged to
 the sender (`Bans`): a peer that keeps sending bad transfers is banned, and while it is, its streams
@@ -26,11 +31,17 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import struct
-from collections.abc import Callable, Iterator, Sequence
+import threading
+import weakref
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
+from typing import TypeVar
 
 import msgpack
+import numpy as np
 import trio
 from libp2p.abc import IHost, INetStream
 from libp2p.custom_types import TProtocol
@@ -51,10 +62,17 @@ __all__ = ["MODEL_PROTOCOL", "ModelPlane", "ModelPlaneConfig", "TransferHeader",
 
 log = logging.getLogger(__name__)
 
-MODEL_PROTOCOL = TProtocol("/p2pfl/model/1.0.0")
-HEADER_VERSION = 1
-_SHA256_BYTES = 32
-_HASH_IN_THREAD_BYTES = 4 * 2**20  # hash big bodies off the event loop (hashlib releases the GIL)
+# Version 2 moved the digest from the header to a trailer; a peer of the other version fails to
+# negotiate the protocol (PeerUnreachable), rather than have its transfers refused as bad headers.
+MODEL_PROTOCOL = TProtocol("/p2pfl/model/2.0.0")
+HEADER_VERSION = 2
+DIGEST_BYTES = 32  # the sha256 trailer
+# Bodies from this size on are hashed in a worker thread, this many bytes at a time at the receiver:
+# a thread takes the GIL back after each piece, and while the event loop is busy that can wait for
+# the interpreter's switch interval (5 ms), so pieces are big.
+_HASH_IN_THREAD_BYTES = 4 * 2**20
+_HASH_STEP_BYTES = 4 * 2**20
+_MAX_READ_BYTES = 16 * 2**20  # Yamux's largest window: more than an honest peer has in flight
 
 STATUS_OK = 0
 _STATUS_BY_REASON = {
@@ -85,11 +103,20 @@ class ModelPlaneConfig:
     # How long a receiver waits for a free slot before refusing "busy". Yamux gives up on a writer
     # whose window stays shut for 5 s, so waiting longer would only turn "busy" into a reset.
     queue_timeout: float = 2.0
-    chunk_bytes: int = 2**20
+    chunk_bytes: int = 2**20  # writes of the body; a read takes whatever has arrived of it
+    # After a read that brought less than `chunk_bytes` of a big body, wait this long before the
+    # next, so that more has arrived: each read sends a Yamux window update (a frame through Noise),
+    # and reading every 64 KiB frame as it comes makes about a thousand of them per 64 MiB.
+    # 0 reads at once.
+    read_pause: float = 0.001
     max_header_bytes: int = 4096
     max_body_bytes: int = codec.DEFAULT_LIMITS.max_frame_bytes
     max_inbound: int = 4  # transfers being received at once
     max_outbound: int = 4  # transfers being sent at once
+    # Receive buffers of big bodies that nothing views any more, kept for the next bodies: filling
+    # fresh memory costs a page fault per page, which for a model is about as much CPU as hashing
+    # it (more on a VM). At most this many bytes are kept; 0 keeps none.
+    buffer_pool_bytes: int = 2 * 2**30
 
     def __post_init__(self) -> None:
         for name in ("io_timeout", "transfer_timeout", "connect_timeout", "queue_timeout"):
@@ -98,6 +125,10 @@ class ModelPlaneConfig:
         for name in ("chunk_bytes", "max_header_bytes", "max_body_bytes", "max_inbound", "max_outbound"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
+        if not 0 <= self.read_pause <= 0.1:  # a long pause would stall the sender's window
+            raise ValueError("read_pause must be in [0, 0.1]")
+        if self.buffer_pool_bytes < 0:
+            raise ValueError("buffer_pool_bytes must be >= 0")
 
 
 DEFAULT_MODEL_PLANE = ModelPlaneConfig()
@@ -114,36 +145,33 @@ class TransferHeader:
     kind: str
     round: int
     size: int
-    sha256: bytes
     codec: str = CODEC_NAME
 
     def encode(self) -> bytes:
-        body = msgpack.packb([HEADER_VERSION, self.kind, self.round, self.size, self.sha256, self.codec])
+        body = msgpack.packb([HEADER_VERSION, self.kind, self.round, self.size, self.codec])
         return frame_prefix(len(body)) + body
 
     @classmethod
     def decode(cls, data: bytes) -> TransferHeader:
-        """The header in `data`; `DecodeError` if it is not exactly a well-typed version-1 header."""
+        """The header in `data`; `DecodeError` if it is not exactly a well-typed version-2 header."""
         try:
             raw = msgpack.unpackb(
                 data, raw=False, max_str_len=256, max_bin_len=64, max_array_len=16, max_map_len=0
             )
         except (ValueError, TypeError, OverflowError, RecursionError) as exc:
             raise DecodeError(f"malformed transfer header: {exc}") from exc
-        if not (isinstance(raw, list) and len(raw) == 6 and raw[0] == HEADER_VERSION):
+        if not (isinstance(raw, list) and len(raw) == 5 and raw[0] == HEADER_VERSION):
             raise DecodeError(f"not a version-{HEADER_VERSION} transfer header")
-        _, kind, round_, size, digest, codec_name = raw
+        _, kind, round_, size, codec_name = raw
         if not (
             isinstance(kind, str)
             and type(round_) is int
             and type(size) is int
             and size >= 0
-            and isinstance(digest, bytes)
-            and len(digest) == _SHA256_BYTES
             and isinstance(codec_name, str)
         ):
             raise DecodeError("transfer header fields have the wrong types")
-        return cls(kind, round_, size, digest, codec_name)
+        return cls(kind, round_, size, codec_name)
 
 
 AcceptFn = Callable[[PeerId, TransferHeader], bool]
@@ -198,6 +226,7 @@ class ModelPlane:
         self._accept = accept
         self._inbound = trio.Semaphore(config.max_inbound)
         self._outbound = trio.Semaphore(config.max_outbound)
+        self._buffers = BufferPool(config.buffer_pool_bytes)
         self.closing = False  # set at shutdown: transfers cut off by it are not the peer's fault
 
     def install(self) -> None:
@@ -218,7 +247,8 @@ class ModelPlane:
         """Transfer `body` (an encoded message, or its segments) to `peer`; await the verdict.
 
         `codec_name` says what the body is (`transport.body_codec`). Segments are sent as they are,
-        without joining them: what they view must not change until this returns. Raises
+        without joining them, and hashed as they go: what they view must not change until this
+        returns. Raises
         `TransferRejected` if the peer refused it after reading, `PeerUnreachable` if the dial, a
         write or the verdict failed or timed out.
         """
@@ -228,8 +258,7 @@ class ModelPlane:
         size = sum(view.nbytes for view in segments)
         if size > cfg.max_body_bytes:
             raise MessageTooLarge(f"message of {size} bytes exceeds the {cfg.max_body_bytes}-byte cap")
-        digest = await _sha256(segments, size)
-        header = TransferHeader(kind, round_, size, digest, codec_name).encode()
+        header = TransferHeader(kind, round_, size, codec_name).encode()
         try:
             with trio.fail_after(cfg.transfer_timeout):
                 async with self._outbound:
@@ -256,8 +285,7 @@ class ModelPlane:
         try:
             await self._write(stream, header)
             step = "body"
-            for chunk in _chunks(segments, cfg.chunk_bytes):
-                await self._write(stream, chunk)
+            await self._write_body(stream, segments)
             step = "verdict"
             with trio.fail_after(cfg.io_timeout):
                 status = await stream.read(1)
@@ -276,6 +304,28 @@ class ModelPlane:
             reason = _REASON_BY_STATUS.get(status[0], f"status {status[0]}")
             raise TransferRejected(f"{peer} refused the transfer: {reason}")
         await close_quietly(stream)
+
+    async def _write_body(self, stream: INetStream, segments: list[memoryview]) -> None:
+        """The body in chunks of `chunk_bytes`, then its sha256, hashed while the chunks go out."""
+        chunks = _chunks(segments, self.config.chunk_bytes)
+        if sum(segment.nbytes for segment in segments) < _HASH_IN_THREAD_BYTES:
+            hasher = hashlib.sha256()
+            for chunk in chunks:
+                hasher.update(chunk)
+                await self._write(stream, chunk)
+            await self._write(stream, hasher.digest())
+            return
+        digest: list[bytes] = []
+
+        async def hash_all() -> None:
+            digest.append(await trio.to_thread.run_sync(_sha256, segments, abandon_on_cancel=True))
+
+        async def write_all() -> None:
+            for chunk in chunks:
+                await self._write(stream, chunk)
+
+        await _alongside(hash_all, write_all)
+        await self._write(stream, digest[0])
 
     async def _write(self, stream: INetStream, data: bytes | memoryview) -> None:
         with trio.fail_after(self.config.io_timeout):
@@ -362,23 +412,61 @@ class ModelPlane:
         if not wanted:
             raise _Refused("refused", f"{header.kind[:40]!r} round {header.round} not wanted")
 
-    async def _read_body(self, stream: INetStream, header: TransferHeader) -> bytearray:
-        """Exactly `header.size` bytes, hashed as they come.
+    async def _read_body(self, stream: INetStream, header: TransferHeader) -> memoryview:
+        """Exactly `header.size` bytes, hashed as they come, checked against the digest that trails them.
 
-        The buffer grows with what arrives instead of being allocated from the header: a peer that
-        announces 500 MB and trickles a byte at a time holds only what it actually sent.
+        Returns a read-only view of the one buffer the body was read into, a free one of the pool
+        when one fits (`BufferPool`). A fresh buffer is as big as the header says, but memory backs
+        only what was written into it: a peer that announces 500 MB and trickles a byte at a time
+        holds address space, not memory.
         """
-        body = bytearray()
+        size = header.size
+        try:
+            buffer = self._buffers.take(size) if size >= _HASH_IN_THREAD_BYTES else np.empty(size, np.uint8)
+        except MemoryError as exc:
+            raise _Refused("busy", f"no memory for a {size}-byte body") from exc
+        body = memoryview(buffer)
         hasher = hashlib.sha256()
-        while len(body) < header.size:
-            chunk = await self._read_some(stream, min(self.config.chunk_bytes, header.size - len(body)))
-            body += chunk
-            hasher.update(chunk)
-        if hasher.digest() != header.sha256:
-            raise _Refused("hash_mismatch", f"sha256 of the {header.size}-byte body differs from the header")
-        return body
+        if size < _HASH_IN_THREAD_BYTES:  # small: hashed as it comes, read at once
+            await self._fill(stream, body, lambda start, stop: hasher.update(body[start:stop]), pause=0)
+            trailer = await self._read_exactly(stream, DIGEST_BYTES)
+        else:  # hashed in a worker thread, a step behind the bytes as they arrive
+            arrived_to, arrived = trio.open_memory_channel[int](math.inf)
+            marked = 0
 
-    async def _decode(self, body: bytearray, header: TransferHeader) -> object:
+            def progress(start: int, stop: int) -> None:
+                nonlocal marked
+                if stop - marked >= _HASH_STEP_BYTES or stop == size:
+                    arrived_to.send_nowait(stop)
+                    marked = stop
+
+            async def fill_then_trailer() -> bytes:
+                with arrived_to:
+                    await self._fill(stream, body, progress, pause=self.config.read_pause)
+                return await self._read_exactly(stream, DIGEST_BYTES)
+
+            trailer = await _alongside(partial(_hash_behind, hasher, body, arrived), fill_then_trailer)
+        if trailer != hasher.digest():
+            raise _Refused("hash_mismatch", f"sha256 of the {size}-byte body differs from its trailer")
+        return body.toreadonly()
+
+    async def _fill(
+        self, stream: INetStream, body: memoryview, progress: Callable[[int, int], None], *, pause: float
+    ) -> None:
+        """Read `body` full, whatever has arrived at a time; `progress(start, stop)` after each piece.
+
+        After a piece shorter than `chunk_bytes`, wait `pause` seconds for more to arrive.
+        """
+        done = 0
+        while done < body.nbytes:
+            chunk = await self._read_some(stream, min(body.nbytes - done, _MAX_READ_BYTES))
+            body[done : done + len(chunk)] = chunk
+            progress(done, done + len(chunk))
+            done += len(chunk)
+            if pause and len(chunk) < self.config.chunk_bytes and done < body.nbytes:
+                await trio.sleep(pause)
+
+    async def _decode(self, body: memoryview, header: TransferHeader) -> object:
         try:
             message = await decode_body(header.codec, body, limits=self._limits)
         except DecodeError as exc:
@@ -428,16 +516,101 @@ class ModelPlane:
                 log.debug("could not send status %d: %r", status, exc)
 
 
-async def _sha256(segments: list[memoryview], size: int) -> bytes:
-    def digest() -> bytes:
-        hasher = hashlib.sha256()
-        for segment in segments:
-            hasher.update(segment)
-        return hasher.digest()
+class BufferPool:
+    """Receive buffers for big bodies, each used again once nothing views it any more.
 
-    if size >= _HASH_IN_THREAD_BYTES:
-        return await trio.to_thread.run_sync(digest)
-    return digest()
+    `take` hands out `slab[:size]` of a free slab (at most twice `size`) or of a new one; decoded
+    tensors view that slice, and when the last view of it goes, a finalizer returns the slab, as
+    long as the free slabs stay within `keep_bytes`. A new slab first drops the oldest free ones
+    that would leave no room for it, so free slabs of sizes no longer asked for do not linger.
+    Slabs come from `np.empty`: numpy asks for huge pages for them, so even a new one fills with
+    few page faults.
+    """
+
+    def __init__(self, keep_bytes: int) -> None:
+        self.keep_bytes = keep_bytes
+        self._free: list[np.ndarray] = []
+        self._free_bytes = 0
+        self.reused = 0  # takes served from a free slab
+        # Finalizers run in whichever thread drops the last view, maybe during a take (reentrant).
+        self._lock = threading.RLock()
+
+    @property
+    def free_bytes(self) -> int:
+        return self._free_bytes
+
+    def take(self, size: int) -> np.ndarray:
+        """A writable uint8 array of `size` bytes; its contents are undefined."""
+        slab = None
+        with self._lock:
+            fits = [i for i, free in enumerate(self._free) if size <= free.nbytes <= 2 * size]
+            if fits:
+                slab = self._free.pop(min(fits, key=lambda i: self._free[i].nbytes))
+                self._free_bytes -= slab.nbytes
+                self.reused += 1
+            else:
+                while self._free and self._free_bytes + size > self.keep_bytes:
+                    self._free_bytes -= self._free.pop(0).nbytes
+        if slab is None:
+            slab = np.empty(size, np.uint8)
+        view = slab[:size]
+        weakref.finalize(view, self._give_back, slab).atexit = False
+        return view
+
+    def _give_back(self, slab: np.ndarray) -> None:
+        with self._lock:
+            if self._free_bytes + slab.nbytes <= self.keep_bytes:
+                self._free.append(slab)
+                self._free_bytes += slab.nbytes
+
+
+_T = TypeVar("_T")
+
+
+async def _alongside(background: Callable[[], Awaitable[None]], work: Callable[[], Awaitable[_T]]) -> _T:
+    """`await work()` with `background()` running meanwhile; returns once both are done.
+
+    An exception of `work` stops `background` and propagates as itself (not in an ExceptionGroup),
+    so the callers' error handling sees what it would have seen without the background task.
+    """
+    failure: Exception | None = None
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(background)
+        try:
+            result = await work()
+        except Exception as exc:
+            failure = exc
+            nursery.cancel_scope.cancel()
+    if failure is not None:
+        raise failure
+    return result
+
+
+def _sha256(segments: list[memoryview]) -> bytes:
+    hasher = hashlib.sha256()
+    for segment in segments:
+        hasher.update(segment)
+    return hasher.digest()
+
+
+async def _hash_behind(
+    hasher: hashlib._Hash, body: memoryview, arrived: trio.MemoryReceiveChannel[int]
+) -> None:
+    """Feed `hasher` the bytes of `body` up to each mark received on `arrived`, in a worker thread.
+
+    Marks that queued up while the thread worked are taken together, so a slow thread hashes bigger
+    pieces rather than falling behind.
+    """
+    hashed = 0
+    with arrived:
+        async for mark in arrived:
+            while True:
+                try:
+                    mark = arrived.receive_nowait()
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
+            await trio.to_thread.run_sync(hasher.update, body[hashed:mark], abandon_on_cancel=True)
+            hashed = mark
 
 
 def _chunks(segments: list[memoryview], chunk_bytes: int) -> Iterator[bytes | memoryview]:
