@@ -7,6 +7,7 @@ blocks or raises there would hide the original error or hang the caller.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 
 import trio
 from libp2p.abc import INetStream
@@ -17,16 +18,16 @@ _DEADLINE = 1.0  # seconds
 
 
 async def reset_quietly(stream: INetStream) -> None:
-    with trio.CancelScope(shield=True), trio.move_on_after(_DEADLINE):
-        try:
-            await stream.reset()
-        except Exception as exc:
-            log.debug("stream reset failed: %r", exc)
+    await _quietly(stream.reset, "reset")
 
 
 async def close_quietly(stream: INetStream) -> None:
+    await _quietly(stream.close, "close")
+
+
+async def _quietly(action: Callable[[], Awaitable[None]], what: str) -> None:
     with trio.CancelScope(shield=True), trio.move_on_after(_DEADLINE):
         try:
-            await stream.close()
+            await action()
         except Exception as exc:
-            log.debug("stream close failed: %r", exc)
+            log.debug("stream %s failed: %r", what, exc)
