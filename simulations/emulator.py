@@ -67,8 +67,6 @@ if TYPE_CHECKING:
 _AGGREGATION = 11
 
 
-
-
 def run_emulation(
     config: EmulationConfig | None = None,
     *,

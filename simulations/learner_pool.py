@@ -157,9 +157,7 @@ class PooledLearner:
     `train` returns None: the loss of a step that has not run yet is not known.
     """
 
-    def __init__(
-        self, pool: LearnerPool, *, data: Callable[[], Dataset], init_seed: int, seed: int
-    ) -> None:
+    def __init__(self, pool: LearnerPool, *, data: Callable[[], Dataset], init_seed: int, seed: int) -> None:
         self._pool = pool
         self._data = data
         self._init_seed = init_seed

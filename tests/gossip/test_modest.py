@@ -154,8 +154,9 @@ def test_a_message_with_a_bad_view_is_dropped_and_the_node_keeps_serving():
         async with open_memory_network(dial_any=True) as net:
             a, b = net.add_peer("a"), net.add_peer("b")
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(Modest(rounds=3, participants=("a",), settings=ModestSettings(s=1)).run,
-                                   a, learning)
+                nursery.start_soon(
+                    Modest(rounds=3, participants=("a",), settings=ModestSettings(s=1)).run, a, learning
+                )
                 await trio.sleep(0.05)
                 await b.send("a", bad)
                 await trio.sleep(1.0)

@@ -127,8 +127,10 @@ def test_four_hosts_bootstrapping_from_one_form_a_full_mesh_and_survive_a_depart
             await until(lambda: full_mesh(hosts), what="mesh of the 3 remaining")
             # The hub may handle the unregister after the links closed (it did under load).
             await until(
-                lambda: leaver.peer_id
-                not in {peer.to_base58() for peer, _, _ in hub.discovery.server.registrations()},
+                lambda: (
+                    leaver.peer_id
+                    not in {peer.to_base58() for peer, _, _ in hub.discovery.server.registrations()}
+                ),
                 what="the leaver's registration gone from the hub",
             )
             # The rest keep going: dials to the leaver fail and back off, messages flow, and a
