@@ -22,7 +22,7 @@ import types
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, lru_cache
 from typing import Any, TypeVar
 
 import msgpack
@@ -229,7 +229,7 @@ def _encode_default(obj: object) -> object:
 
 def _wire_array(array: np.ndarray) -> np.ndarray:
     """`array` as it travels: C-contiguous little-endian of an allowed dtype (a copy only if need be)."""
-    dtype = _DTYPES.get(array.dtype.name)
+    dtype = _DTYPES.get(_dtype_name(array.dtype))
     if dtype is None:
         raise TypeError(f"tensor dtype {array.dtype} cannot travel; allowed: {', '.join(_DTYPES)}")
     if array.ndim > MAX_TENSOR_DIMS:
@@ -238,10 +238,24 @@ def _wire_array(array: np.ndarray) -> np.ndarray:
     return np.asarray(array, dtype=dtype, order="C")
 
 
+@lru_cache(maxsize=64)
+def _dtype_name(dtype: np.dtype) -> str:
+    """numpy's canonical name of `dtype`, which numpy itself computes slowly (microseconds)."""
+    return dtype.name
+
+
 def _tensor_parts(array: np.ndarray) -> tuple[bytes, memoryview]:
     """The ext body of a wire array: (header length and header, a read-only view of its elements)."""
-    header = msgpack.packb([array.dtype.name, list(array.shape)])
-    return _HEADER_LEN.pack(len(header)) + header, array.reshape(-1).view(np.uint8).data.toreadonly()
+    return _tensor_header(_dtype_name(array.dtype), array.shape), array.reshape(-1).view(
+        np.uint8
+    ).data.toreadonly()
+
+
+@lru_cache(maxsize=1024)
+def _tensor_header(dtype_name: str, shape: tuple[int, ...]) -> bytes:
+    """Header length and header of a tensor ext; models send the same few shapes over and over."""
+    header = msgpack.packb([dtype_name, list(shape)])
+    return _HEADER_LEN.pack(len(header)) + header
 
 
 def _ext_header(length: int) -> bytes:
@@ -331,35 +345,50 @@ class _TensorHook:
         start = _HEADER_LEN.size + _HEADER_LEN.unpack_from(data)[0]
         if start > len(data):
             raise DecodeError("tensor header runs past the end of the tensor")
-        try:
-            header = msgpack.unpackb(
-                memoryview(data)[_HEADER_LEN.size : start],
-                raw=False,
-                max_str_len=16,
-                max_bin_len=0,
-                max_array_len=MAX_TENSOR_DIMS,  # so also at most MAX_TENSOR_DIMS dims
-                max_map_len=0,
-                max_ext_len=0,
+        name, dtype, shape, largest = _tensor_header_fields(bytes(data[_HEADER_LEN.size : start]))
+        if largest > self._limits.max_elements:
+            raise DecodeError(
+                f"tensor shape {list(shape)!r} is not a list of non-negative ints within the cap"
             )
-        except (ValueError, TypeError, OverflowError, RecursionError) as exc:
-            raise DecodeError(f"malformed tensor header: {exc}") from exc
-        if not (isinstance(header, list) and len(header) == 2 and isinstance(header[1], list)):
-            raise DecodeError("tensor header is not [dtype, shape]")
-        name, shape = header
-        dtype = _DTYPES.get(name) if isinstance(name, str) else None
-        if dtype is None:
-            raise DecodeError(f"tensor dtype {name!r} is not allowed")
-        if not all(type(d) is int and 0 <= d <= self._limits.max_elements for d in shape):
-            raise DecodeError(f"tensor shape {shape!r} is not a list of non-negative ints within the cap")
         count = math.prod(shape)
         self._elements += count
         if self._elements > self._limits.max_elements:
             raise DecodeError(f"more than {self._limits.max_elements} tensor elements in one message")
         if count * dtype.itemsize != len(data) - start:
             raise DecodeError(
-                f"tensor {name}{shape} needs {count * dtype.itemsize} bytes, has {len(data) - start}"
+                f"tensor {name}{list(shape)} needs {count * dtype.itemsize} bytes, has {len(data) - start}"
             )
         return np.frombuffer(data, dtype, count, offset=start).reshape(shape)
+
+
+@lru_cache(maxsize=1024)
+def _tensor_header_fields(header: bytes) -> tuple[str, np.dtype, tuple[int, ...], int]:
+    """(dtype name, dtype, shape, largest dimension) of a tensor ext's header, or `DecodeError`.
+
+    Cached: a model's tensors arrive with the same few headers over and over, and a peer sending
+    many distinct ones only churns a bounded cache (errors are never cached).
+    """
+    try:
+        fields = msgpack.unpackb(
+            header,
+            raw=False,
+            max_str_len=16,
+            max_bin_len=0,
+            max_array_len=MAX_TENSOR_DIMS,  # so also at most MAX_TENSOR_DIMS dims
+            max_map_len=0,
+            max_ext_len=0,
+        )
+    except (ValueError, TypeError, OverflowError, RecursionError) as exc:
+        raise DecodeError(f"malformed tensor header: {exc}") from exc
+    if not (isinstance(fields, list) and len(fields) == 2 and isinstance(fields[1], list)):
+        raise DecodeError("tensor header is not [dtype, shape]")
+    name, shape = fields
+    dtype = _DTYPES.get(name) if isinstance(name, str) else None
+    if dtype is None:
+        raise DecodeError(f"tensor dtype {name!r} is not allowed")
+    if not all(type(d) is int and d >= 0 for d in shape):
+        raise DecodeError(f"tensor shape {shape!r} is not a list of non-negative ints within the cap")
+    return name, dtype, tuple(shape), max(shape, default=0)
 
 
 # --- big messages: tensors viewed where they lie -------------------------------------------------
