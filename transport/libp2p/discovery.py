@@ -454,6 +454,12 @@ class Discovery:
         self._registered_until: dict[ID, float] = {}
         # Points sent a register whose answer never came: they may hold our registration all the same.
         self._unconfirmed: set[ID] = set()
+        # Registers in flight, each shielded from the shutdown so that a point handles it before our
+        # unregister (its own stream could otherwise be served after the unregister's, leaving us
+        # registered there for a whole TTL): unregister_all waits for them, briefly.
+        self._registering: set[trio.CancelScope] = set()
+        self._registers_done = trio.Event()
+        self._registers_done.set()
         self._candidates: dict[ID, _Candidate] = {}
         self._quiet_until: dict[ID, float] = {}
         self._wake = trio.Event()
@@ -491,19 +497,23 @@ class Discovery:
             await trio.sleep_until(started + min_gap)
 
     async def unregister_all(self, *, timeout: float = 1.0) -> None:
-        """Best effort, at shutdown: tell the points we registered at that we are leaving."""
-        now = trio.current_time()
-        registered = {p for p, until in self._registered_until.items() if until > now} | self._unconfirmed
-        points = [p for p in registered if self._connected(p)]
-        self._registered_until.clear()
-        self._unconfirmed.clear()
-        if not points:
-            return
-        message = create_unregister_message(self.config.namespace, self._host.get_id())
+        """Best effort, at shutdown: tell the points we registered at that we are leaving.
+
+        Registers still in flight finish first (within `timeout`), then are given up.
+        """
         with trio.CancelScope(shield=True), trio.move_on_after(timeout):
+            await self._registers_done.wait()
+            now = trio.current_time()
+            registered = {p for p, until in self._registered_until.items() if until > now} | self._unconfirmed
+            points = [p for p in registered if self._connected(p)]
+            self._registered_until.clear()
+            self._unconfirmed.clear()
+            message = create_unregister_message(self.config.namespace, self._host.get_id())
             async with trio.open_nursery() as nursery:
                 for point in points:
                     nursery.start_soon(self._try, "unregister", point, self._request, point, message, None)
+        for scope in self._registering:
+            scope.cancel()
 
     # --- one round --------------------------------------------------------------------------------
 
@@ -561,8 +571,20 @@ class Discovery:
         if not addrs:
             raise RendezvousFailed("we have no address to register")
         message = create_register_message(cfg.namespace, self._host.get_id(), addrs[: cfg.max_addrs], cfg.ttl)
+        await trio.lowlevel.checkpoint_if_cancelled()  # no new register once the shutdown began
         self._unconfirmed.add(point)
-        response = (await self._reply(point, message, Message.REGISTER_RESPONSE)).registerResponse
+        with trio.CancelScope(shield=True) as scope:  # see _registering
+            self._registering.add(scope)
+            if self._registers_done.is_set():
+                self._registers_done = trio.Event()
+            try:
+                response = (await self._reply(point, message, Message.REGISTER_RESPONSE)).registerResponse
+            finally:
+                self._registering.discard(scope)
+                if not self._registering:
+                    self._registers_done.set()
+        if scope.cancelled_caught:
+            raise RendezvousFailed("register given up at shutdown")
         self._unconfirmed.discard(point)
         if response.status != _OK:
             raise RendezvousFailed(f"register refused: {response.status} {response.statusText[:100]!r}")
