@@ -6,7 +6,7 @@ import logging
 import math
 import weakref
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch
@@ -149,7 +149,7 @@ class _NodeLearning(Learning):
         own = node.learner.state()
         received = self._validated(own, models)
         if mixing is not None:
-            received = [replace(c, weight=mixing[c.sender]) for c in received]
+            received = [Contribution(c.sender, c.state, mixing[c.sender]) for c in received]
         if received:
             own_weight = mixing[node.peer_id] if mixing is not None else float(node.learner.num_samples)
             node.learner.load(

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from p2pfl.aggregation.base import Aggregator, Contribution, stack
+import torch
+
+from p2pfl.aggregation.base import Aggregator, Contribution
 from p2pfl.model_state import ModelState
 
 
@@ -20,8 +22,11 @@ class FedAvg(Aggregator):
 
     def aggregate(self, own: Contribution, received: Sequence[Contribution]) -> ModelState:
         contributions = [own, *received] if self.include_own else list(received)
-        if any(c.weight < 0 for c in contributions) or sum(c.weight for c in contributions) <= 0:
+        weights = [c.weight for c in contributions]
+        total = sum(weights)
+        if not (total > 0 and min(weights) >= 0):
             raise ValueError("FedAvg weights must be non-negative with a positive sum")
-        matrix, weights = stack(contributions)
-        merged = (weights / weights.sum()) @ matrix
-        return own.state.with_flat(merged)
+        # Normalised in Python: emulations merge once per node and round, and every tensor op counts.
+        matrix = torch.stack([c.state.flat for c in contributions])
+        coefficients = torch.tensor([w / total for w in weights], dtype=matrix.dtype, device=matrix.device)
+        return own.state.with_flat(coefficients @ matrix)
