@@ -246,9 +246,8 @@ def _dtype_name(dtype: np.dtype) -> str:
 
 def _tensor_parts(array: np.ndarray) -> tuple[bytes, memoryview]:
     """The ext body of a wire array: (header length and header, a read-only view of its elements)."""
-    return _tensor_header(_dtype_name(array.dtype), array.shape), array.reshape(-1).view(
-        np.uint8
-    ).data.toreadonly()
+    elements = array.reshape(-1).view(np.uint8).data.toreadonly()
+    return _tensor_header(_dtype_name(array.dtype), array.shape), elements
 
 
 @lru_cache(maxsize=1024)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from contextlib import AsyncExitStack, suppress
+from dataclasses import replace
 
 import pytest
 import trio
@@ -155,12 +156,13 @@ def test_a_register_in_flight_at_shutdown_is_answered_before_the_unregister():
     after the unregister, leaving the leaver registered there for a whole TTL."""
 
     async def main():
-        async with node() as hub:
+        # Room for the slowed streams besides the unregister: a point refuses a third stream at once.
+        async with node(discovery_config=replace(FAST_DISCOVERY, max_streams_per_peer=8)) as hub:
             serve, slow, registered = hub.discovery.server._serve, trio.Event(), trio.Event()
 
             async def serve_slowly_when_asked(stream, peer):
                 if slow.is_set() and not registered.is_set():  # the unregister gets no answer to wait for
-                    await trio.sleep(0.5)
+                    await trio.sleep(0.25)  # within the half of unregister_all's timeout given to registers
                 await serve(stream, peer)
 
             hub.discovery.server._serve = serve_slowly_when_asked

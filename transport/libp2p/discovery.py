@@ -499,21 +499,27 @@ class Discovery:
     async def unregister_all(self, *, timeout: float = 1.0) -> None:
         """Best effort, at shutdown: tell the points we registered at that we are leaving.
 
-        Registers still in flight finish first (within `timeout`), then are given up.
+        Registers still in flight get the first half of `timeout` to finish (a point answers them
+        before it sees our unregister); the unregisters get the rest, and to points whose register
+        never finished they go all the same.
         """
-        with trio.CancelScope(shield=True), trio.move_on_after(timeout):
-            await self._registers_done.wait()
+        with trio.CancelScope(shield=True):
+            with trio.move_on_after(timeout / 2):
+                await self._registers_done.wait()
+            for scope in self._registering:
+                scope.cancel()
             now = trio.current_time()
             registered = {p for p, until in self._registered_until.items() if until > now} | self._unconfirmed
             points = [p for p in registered if self._connected(p)]
             self._registered_until.clear()
             self._unconfirmed.clear()
             message = create_unregister_message(self.config.namespace, self._host.get_id())
-            async with trio.open_nursery() as nursery:
-                for point in points:
-                    nursery.start_soon(self._try, "unregister", point, self._request, point, message, None)
-        for scope in self._registering:
-            scope.cancel()
+            with trio.move_on_after(timeout / 2):
+                async with trio.open_nursery() as nursery:
+                    for point in points:
+                        nursery.start_soon(
+                            self._try, "unregister", point, self._request, point, message, None
+                        )
 
     # --- one round --------------------------------------------------------------------------------
 
