@@ -499,9 +499,9 @@ class Discovery:
     async def unregister_all(self, *, timeout: float = 1.0) -> None:
         """Best effort, at shutdown: tell the points we registered at that we are leaving.
 
-        Registers still in flight get the first half of `timeout` to finish (a point answers them
-        before it sees our unregister); the unregisters get the rest, and to points whose register
-        never finished they go all the same.
+        Registers still in flight get the first half of `timeout` to finish, so that a point answers
+        them before it sees our unregister. The unregisters get the second half; they also go to
+        points whose register never finished.
         """
         with trio.CancelScope(shield=True):
             with trio.move_on_after(timeout / 2):
