@@ -212,7 +212,11 @@ def _batches(
     """(inputs, targets) batches on `device`; shuffled when a generator is given."""
     if isinstance(data, TensorDataset):
         n = len(data)
-        order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
+        if generator is None:  # in order: slices are views, where an index would copy the data
+            for start in range(0, n, batch_size):
+                yield tuple(t[start : start + batch_size].to(device) for t in data.tensors)
+            return
+        order = torch.randperm(n, generator=generator)
         for start in range(0, n, batch_size):
             index = order[start : start + batch_size].to(device)
             yield tuple(t[index] for t in data.tensors)
