@@ -172,9 +172,10 @@ def _run_scenario(
 def format_comparison(result: ScenarioResult) -> str:
     """One line per variant: final accuracy, traffic, and how fast it reached the target."""
     target = result.scenario.target_accuracy
-    lines = [f"{'variant':<24} {'final acc':>9} {'MiB sent':>9} {'wall s':>7}  rounds/MiB to {target}"]
+    header = f"{'variant':<24} {'final acc':>9} {'MiB sent':>9} {'wall s':>7}"
+    lines = [header if target is None else f"{header}  rounds/MiB to {target}"]
     for name, summary in result.to_json()["variants"].items():
-        reached = "-"
+        reached = ""
         if target is not None and summary["rounds_to_target"] is not None:
             reached = f"{summary['rounds_to_target']} / {summary['bytes_to_target'] / 2**20:.2f}"
         elif target is not None:
@@ -182,7 +183,7 @@ def format_comparison(result: ScenarioResult) -> str:
         final = "n/a" if summary["final_mean_accuracy"] is None else f"{summary['final_mean_accuracy']:.4f}"
         lines.append(
             f"{name:<24} {final:>9} {summary['bytes_sent'] / 2**20:>9.2f} "
-            f"{summary['wall_s']:>7.1f}  {reached}"
+            f"{summary['wall_s']:>7.1f}  {reached}".rstrip()
         )
     return "\n".join(lines)
 

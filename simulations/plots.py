@@ -25,6 +25,7 @@ STATE_COLOURS = {
     "honest": "tab:blue",
     "byzantine": "tab:red",
     "joined": "tab:green",
+    "partitioned": "tab:purple",
     "crashed": "black",
     "left": "tab:orange",
     "absent": "lightgrey",

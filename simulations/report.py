@@ -31,8 +31,10 @@ if TYPE_CHECKING:
 DEFAULT_VARIANT = "default"
 
 # What a node was when the run ended, for nodes.csv and the topology picture. A churn state wins
-# over "byzantine" (a crashed attacker no longer attacks), which wins over "joined".
-STATES = ("honest", "byzantine", "joined", "crashed", "left", "absent")
+# over "byzantine" (a crashed attacker no longer attacks), which wins over "joined". "partitioned"
+# marks the side a partition named, while that partition was still in force at the end; crashing,
+# leaving or never joining wins over it.
+STATES = ("honest", "byzantine", "joined", "partitioned", "crashed", "left", "absent")
 
 ROUND_COLUMNS = ("variant", *(f.name for f in fields(RoundSummary)))
 _NODE_FIRST = ("peer", "byzantine", "state")
@@ -99,8 +101,13 @@ def node_states(result: EmulationResult) -> dict[int, str]:
     if not result.stalled:
         reached = max(reached, result.config.rounds)
     states = {i: "byzantine" if node.byzantine else "honest" for i, node in enumerate(result.nodes)}
+    cut_off: tuple[int, ...] = ()  # the named side of the partition in force, if any
     for event in result.churn:
         applied = event.round <= reached
+        if event.action in ("partition", "heal"):
+            if applied:  # a partition replaces the one before; heal names no nodes
+                cut_off = event.nodes
+            continue
         for index in event.nodes:
             if event.action == "join":
                 if not applied:
@@ -109,6 +116,9 @@ def node_states(result: EmulationResult) -> dict[int, str]:
                     states[index] = "joined"
             elif applied:
                 states[index] = {"crash": "crashed", "leave": "left"}[event.action]
+    for index in cut_off:
+        if states[index] in ("honest", "byzantine", "joined"):
+            states[index] = "partitioned"
     return states
 
 

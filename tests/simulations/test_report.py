@@ -8,6 +8,7 @@ from click.testing import CliRunner
 
 from p2pfl.cli import main
 from simulations.churn import PlannedEvent
+from simulations.cli import format_comparison
 from simulations.config import EmulationConfig
 from simulations.emulator import run_emulation
 from simulations.plots import plot_accuracy, plot_topology, write_plots
@@ -159,6 +160,25 @@ def test_a_stalled_run_counts_churn_only_up_to_its_last_evaluated_round():
     assert node_states(stalled) == {0: "crashed", 1: "absent", 2: "honest", 3: "honest"}
 
 
+def test_node_states_mark_the_named_side_of_a_partition_still_in_force_at_the_end():
+    split = PlannedEvent(1, "partition", (0, 1, 2))
+    healed = [split, PlannedEvent(2, "heal", ())]
+    assert set(node_states(make_result(nodes=5, churn=healed)).values()) == {"honest"}
+    churn = [
+        split,
+        PlannedEvent(2, "crash", (0,)),
+        PlannedEvent(2, "partition", (0, 2, 3)),  # replaces the first split
+        PlannedEvent(9, "heal", ()),  # past the run's rounds: never applied
+    ]
+    assert node_states(make_result(nodes=5, byzantine=(3,), churn=churn)) == {
+        0: "crashed",  # a crash wins over the partition
+        1: "honest",  # on the first split's side only
+        2: "partitioned",
+        3: "partitioned",  # the partition wins over byzantine, as churn does
+        4: "honest",
+    }
+
+
 def test_states_by_label_maps_indices_onto_sorted_labels():
     graph = nx.Graph([("b", "a"), ("a", "c")])
     assert states_by_label(graph, {0: "crashed", 2: "left"}) == {"a": "crashed", "b": "honest", "c": "left"}
@@ -185,7 +205,7 @@ def test_accuracy_plots_are_pngs_for_a_scenario_and_a_single_run(tmp_path):
 
 def test_topology_plot_colours_nodes_by_state(tmp_path):
     graph = nx.cycle_graph(8)
-    states = {0: "byzantine", 1: "crashed", 2: "left", 3: "joined", 4: "absent"}
+    states = {0: "byzantine", 1: "crashed", 2: "left", 3: "joined", 4: "absent", 5: "partitioned"}
     path = plot_topology(graph, states, tmp_path / "pics" / "topology.png")
     assert path.exists()
     assert_png(path)
@@ -274,6 +294,17 @@ name = "gossip"
 """
 
 
+def test_the_comparison_shows_rounds_and_traffic_to_the_target_only_when_there_is_one():
+    with_target = format_comparison(make_scenario(target=0.7)).splitlines()
+    assert with_target[0].endswith("rounds/MiB to 0.7")
+    # make_result's mean accuracy climbs by 0.1 a round: plain (0.5 + 0.1 r) gets there at round 2.
+    assert with_target[1].split()[0] == "plain" and with_target[1].endswith("2 / 0.00")
+    assert with_target[2].endswith("not reached")
+    without = format_comparison(make_scenario(target=None)).splitlines()
+    assert "rounds/MiB" not in without[0] and "None" not in "\n".join(without)
+    assert without[1].split() == ["plain", "0.8000", "0.00", "0.1"]
+
+
 def test_cli_writes_csv_and_plots_for_a_scenario_file(tmp_path):
     scenario = tmp_path / "tiny.toml"
     scenario.write_text(TINY)
@@ -288,6 +319,20 @@ def test_cli_writes_csv_and_plots_for_a_scenario_file(tmp_path):
     for name in ("accuracy_vs_round", "accuracy_vs_time", "accuracy_vs_bytes", "topology-gossip"):
         assert_png(tmp_path / "plots" / f"{name}.png")
     assert "plots written" in out.output and "tables written" in out.output
+
+
+def test_cli_writes_csv_and_plots_for_a_run_partitioned_until_its_end(tmp_path):
+    scenario = tmp_path / "split.toml"
+    split = 'name = "split"\nchurn = [{ round = 1, action = "partition", fraction = 0.5 }]'
+    scenario.write_text(TINY.replace('name = "gossip"', split))
+    out = CliRunner().invoke(
+        main,
+        ["sim", "run", str(scenario), "--csv", str(tmp_path / "csv"), "--plots", str(tmp_path / "plots")],
+    )
+    assert out.exit_code == 0, out.output
+    states = [row["state"] for row in read_csv(tmp_path / "csv" / "nodes.csv")]
+    assert sorted(states) == ["honest", "honest", "partitioned", "partitioned"]
+    assert_png(tmp_path / "plots" / "topology-split.png")
 
 
 def test_cli_writes_csv_and_plots_for_the_default_run(tmp_path):
