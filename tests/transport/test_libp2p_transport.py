@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
+import socket
 import time
 from contextlib import AsyncExitStack, suppress
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ from transport.errors import PeerUnreachable
 from transport.framing import frame_prefix
 from transport.libp2p import (
     ControlPlaneConfig,
+    ListenFailed,
     MessageTooLarge,
     ModelPlaneConfig,
     TransferRejected,
@@ -573,6 +575,27 @@ def test_transport_from_a_key_dir_keeps_its_peer_id_and_announces_what_it_is_tol
         async with open_libp2p_transport(key_dir=tmp_path, announce=[public]) as second:
             assert second.peer_id == peer_id
             assert second.addrs == [f"{public}/p2p/{peer_id}"]
+
+    run(main)
+
+
+def test_a_listen_address_that_cannot_be_bound_fails_the_open_naming_every_such_address():
+    async def main():
+        with socket.socket() as taken, socket.socket() as also_taken:
+            for sock in (taken, also_taken):
+                sock.bind(("127.0.0.1", 0))
+                sock.listen()
+            busy = [f"/ip4/127.0.0.1/tcp/{sock.getsockname()[1]}" for sock in (taken, also_taken)]
+            # Raised as itself (not in an ExceptionGroup), and as an OSError like any failed bind.
+            with pytest.raises(ListenFailed) as failed:
+                async with node(listen=busy[0]):
+                    pytest.fail("opened with nothing to listen on")
+            assert isinstance(failed.value, OSError) and failed.value.addrs == busy[:1]
+            # One address bound is not enough: all of them must be.
+            with pytest.raises(ListenFailed) as failed:
+                async with node(listen=[busy[0], "/ip4/127.0.0.1/tcp/0", busy[1]]):
+                    pytest.fail("opened without two of its listen addresses")
+            assert failed.value.addrs == busy and all(addr in str(failed.value) for addr in busy)
 
     run(main)
 

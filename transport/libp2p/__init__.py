@@ -6,7 +6,13 @@ Importing this package imports py-libp2p (heavy, about a second); the emulator n
 
 from transport.libp2p.control_plane import ControlPlaneConfig
 from transport.libp2p.discovery import DiscoveryConfig
-from transport.libp2p.errors import InsecureKeyFile, KeyFileError, MessageTooLarge, TransferRejected
+from transport.libp2p.errors import (
+    InsecureKeyFile,
+    KeyFileError,
+    ListenFailed,
+    MessageTooLarge,
+    TransferRejected,
+)
 from transport.libp2p.identity import load_or_create_key_pair, peer_id_of
 from transport.libp2p.model_plane import ModelPlaneConfig, TransferHeader
 from transport.libp2p.stats import Libp2pStats
@@ -19,6 +25,7 @@ __all__ = [
     "KeyFileError",
     "Libp2pStats",
     "Libp2pTransport",
+    "ListenFailed",
     "MessageTooLarge",
     "ModelPlaneConfig",
     "TransferHeader",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from transport.errors import PeerUnreachable, TransportError
 
-__all__ = ["InsecureKeyFile", "KeyFileError", "MessageTooLarge", "TransferRejected"]
+__all__ = ["InsecureKeyFile", "KeyFileError", "ListenFailed", "MessageTooLarge", "TransferRejected"]
 
 
 class KeyFileError(TransportError):
@@ -17,6 +17,21 @@ class KeyFileError(TransportError):
 
 class InsecureKeyFile(KeyFileError):
     """The identity key file is readable by users other than its owner; we refuse to use it."""
+
+
+class ListenFailed(TransportError, OSError):
+    """Some listen addresses could not be bound (port in use, not an address of this machine).
+
+    py-libp2p only logs such a failure, and a node left listening on fewer addresses than it was
+    given (often none) is unreachable at the addresses it was configured with. An `OSError` too, so
+    callers that already report bind failures report this one the same way.
+    """
+
+    def __init__(self, addrs: list[str]) -> None:
+        super().__init__(
+            f"cannot listen on {', '.join(addrs)} (address in use, or not an address of this machine?)"
+        )
+        self.addrs = addrs
 
 
 class MessageTooLarge(TransportError, ValueError):

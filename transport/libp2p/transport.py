@@ -33,6 +33,7 @@ from transport.libp2p.bans import Bans
 from transport.libp2p.bootstrap import keep_connected
 from transport.libp2p.control_plane import DEFAULT_CONTROL_PLANE, ControlPlane, ControlPlaneConfig
 from transport.libp2p.discovery import DEFAULT_DISCOVERY, Discovery, DiscoveryConfig
+from transport.libp2p.errors import ListenFailed
 from transport.libp2p.host import DEFAULT_LISTEN, build_host, gate_dials, parse_multiaddrs
 from transport.libp2p.identity import load_or_create_key_pair
 from transport.libp2p.inbox import Inbox
@@ -272,36 +273,56 @@ async def open_libp2p_transport(
         bans=bans,
         discovery=finder,
     )
+    unbound: list[str] = []
     try:
-        async with host.run(listen_addrs), control_plane.running(), trio.open_nursery() as nursery:
-            nursery.start_soon(bans.run)
-            for info in bootstrap_peers:
-                host.get_peerstore().add_addrs(info.peer_id, info.addrs, PERMANENT_ADDR_TTL)
-                nursery.start_soon(
-                    lambda info=info: keep_connected(
-                        host,
-                        info,
-                        tracker,
-                        ban_left=bans.ban_left,
-                        dial_timeout=model.connect_timeout,
-                        initial_backoff=bootstrap_backoff[0],
-                        max_backoff=bootstrap_backoff[1],
-                        rng=rng,
+        async with host.run(listen_addrs):
+            # Checked here and raised below, once `host.run` has exited: raised inside its nurseries,
+            # the error would reach the caller wrapped in an ExceptionGroup.
+            unbound = _unbound(host, listen_addrs)
+            if not unbound:
+                async with control_plane.running(), trio.open_nursery() as nursery:
+                    nursery.start_soon(bans.run)
+                    for info in bootstrap_peers:
+                        host.get_peerstore().add_addrs(info.peer_id, info.addrs, PERMANENT_ADDR_TTL)
+                        nursery.start_soon(
+                            lambda info=info: keep_connected(
+                                host,
+                                info,
+                                tracker,
+                                ban_left=bans.ban_left,
+                                dial_timeout=model.connect_timeout,
+                                initial_backoff=bootstrap_backoff[0],
+                                max_backoff=bootstrap_backoff[1],
+                                rng=rng,
+                            )
+                        )
+                    if finder is not None:
+                        nursery.start_soon(finder.run)
+                    log.info(
+                        "libp2p transport %s listening on %s", transport.peer_id, ", ".join(transport.addrs)
                     )
-                )
-            if finder is not None:
-                nursery.start_soon(finder.run)
-            log.info("libp2p transport %s listening on %s", transport.peer_id, ", ".join(transport.addrs))
-            try:
-                yield transport
-            finally:
-                nursery.cancel_scope.cancel()
-                if finder is not None:
-                    await finder.unregister_all()
-                model_plane.closing = True
-                await _close_connections(host)
+                    try:
+                        yield transport
+                    finally:
+                        nursery.cancel_scope.cancel()
+                        if finder is not None:
+                            await finder.unregister_all()
+                        model_plane.closing = True
+                        await _close_connections(host)
+        if unbound:
+            raise ListenFailed(unbound)
     finally:
         inbox.close()
+
+
+def _unbound(host: IHost, listen_addrs: Sequence[multiaddr.Multiaddr]) -> list[str]:
+    """The listen addresses `host.run` got no listener for.
+
+    py-libp2p's `Swarm.listen` only logs a failed bind, and reports success if any one address was
+    bound; the listeners it did start are keyed by the address as requested.
+    """
+    listeners = host.get_network().listeners
+    return [str(addr) for addr in listen_addrs if str(addr) not in listeners]
 
 
 async def _close_connections(host: IHost) -> None:
