@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import click
@@ -84,6 +85,7 @@ def run(
     With no arguments: 16 nodes on a random 4-regular graph. With a scenario file, only --seed,
     --json, --csv, --plots and --progress may be given as well.
     """
+    _prepare_outputs(json_path, csv_dir, plots_dir)
     if scenario is not None:
         given = {
             name
@@ -127,6 +129,26 @@ def _emulate(config: EmulationConfig, bar: ProgressBar) -> EmulationResult:
         return run_emulation(config, progress=bar)
 
 
+def _prepare_outputs(json_path: Path | None, csv_dir: Path | None, plots_dir: Path | None) -> None:
+    """Create the output folders before the run, so that a path that cannot be written fails now,
+    not after a long run whose results it would lose."""
+    for option, folder in (
+        ("--json", json_path and json_path.parent),
+        ("--csv", csv_dir),
+        ("--plots", plots_dir),
+    ):
+        if folder is None:
+            continue
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise click.BadParameter(
+                f"cannot create {folder}: {exc.strerror or exc}", param_hint=option
+            ) from exc
+        if not os.access(folder, os.W_OK):
+            raise click.BadParameter(f"{folder} is not writable", param_hint=option)
+
+
 def _write_outputs(
     result: EmulationResult | ScenarioResult,
     json_path: Path | None,
@@ -158,10 +180,13 @@ def _run_scenario(
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from exc
     click.echo(f"scenario {scenario.name}: {len(scenario.variants)} variant(s)")
-    result = ScenarioResult(
-        scenario,
-        {v.name: _emulate(v.config, ProgressBar(v.name, enabled=progress)) for v in scenario.variants},
-    )
+    results = {}
+    for variant in scenario.variants:
+        try:
+            results[variant.name] = _emulate(variant.config, ProgressBar(variant.name, enabled=progress))
+        except ConfigError as exc:  # what only the run finds out, e.g. a graph file's attributes
+            raise click.UsageError(f"{path}: variant {variant.name}: {exc}") from exc
+    result = ScenarioResult(scenario, results)
     for name, variant_result in result.results.items():
         click.echo(f"\n== {name}")
         click.echo(format_table(variant_result))

@@ -427,9 +427,11 @@ def _speeds(config: EmulationConfig, attributes: list[dict[str, Any]]) -> list[f
     drawn = rng.lognormal(0.0, config.speed_sigma, size=len(attributes)) if config.speed_sigma else None
     speeds = []
     for i, attrs in enumerate(attributes):
-        speed = float(attrs.get("speed", drawn[i] if drawn is not None else 1.0))
+        speed = _number(
+            attrs.get("speed", drawn[i] if drawn is not None else 1.0), f"topology node {i}: speed"
+        )
         if not speed > 0:
-            raise ConfigError(f"node {i}: speed must be > 0, got {speed}")
+            raise ConfigError(f"topology node {i}: speed must be > 0, got {speed}")
         speeds.append(speed)
     return speeds
 
@@ -438,13 +440,26 @@ def _links(graph: nx.Graph, peer_of: dict[Any, str]) -> list[tuple[str, str, dic
     """Each edge as (peer, peer, link parameters from its attributes), checked before the run."""
     links = []
     for u, v, attributes in graph.edges(data=True):
-        params = {k: float(attributes[k]) for k in ("latency", "bandwidth", "loss") if k in attributes}
+        where = f"topology edge ({u}, {v})"
+        params = {
+            k: _number(attributes[k], f"{where}: {k}")
+            for k in ("latency", "bandwidth", "loss")
+            if k in attributes
+        }
         try:
             LinkParams(**{"latency": 0.0, **params})
         except (TypeError, ValueError) as exc:
-            raise ConfigError(f"topology edge ({u}, {v}): {exc}") from exc
+            raise ConfigError(f"{where}: {exc}") from exc
         links.append((peer_of[u], peer_of[v], params))
     return links
+
+
+def _number(value: Any, what: str) -> float:
+    """A graph attribute as a float; `ConfigError` naming `what` if it is not a number."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{what} must be a number, got {value!r}") from None
 
 
 def _graph(config: EmulationConfig, round: int) -> nx.Graph:

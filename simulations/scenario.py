@@ -28,7 +28,7 @@ from typing import Any
 from pydantic import ConfigDict, TypeAdapter, ValidationError, with_config
 
 from p2pfl.errors import ConfigError
-from simulations.config import EmulationConfig
+from simulations.config import EmulationConfig, check_topology_size
 from simulations.emulator import run_emulation
 from simulations.results import EmulationResult
 
@@ -86,9 +86,13 @@ def load_scenario(path: str | Path, *, seed: int | None = None) -> Scenario:
         names.add(name)
         merged = {**spec.base, **fields, **({"seed": seed} if seed is not None else {})}
         try:
-            variants.append(Variant(name, _CONFIG.validate_python(merged)))
+            config = _CONFIG.validate_python(merged)
+            check_topology_size(config)
         except ValidationError as exc:
             raise ConfigError(f"{where} ({name}): {_describe(exc)}") from exc
+        except ConfigError as exc:
+            raise ConfigError(f"{where} ({name}): {exc}") from exc
+        variants.append(Variant(name, config))
     return Scenario(spec.name, spec.description, spec.target_accuracy, tuple(variants))
 
 

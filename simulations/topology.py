@@ -7,77 +7,159 @@ maps them, sorted, onto its nodes, and takes per-edge attributes (latency, bandw
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Callable
+from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import ClassVar
 
 import networkx as nx
 
 from p2pfl.errors import ConfigError
 
 
-def _ring(n: int, seed: int) -> nx.Graph:
-    return nx.cycle_graph(n)
+class Topology(ABC):
+    """A topology family with its parameters (a frozen dataclass per family).
+
+    Parameter values are checked against the node count by `check`, which builds nothing, so a
+    scenario file is refused when it is loaded rather than when its run starts.
+    """
+
+    @abstractmethod
+    def check(self, n: int) -> None:
+        """Raise `ConfigError` naming the parameter if no graph of this kind has `n` nodes."""
+
+    @abstractmethod
+    def build(self, n: int, seed: int) -> nx.Graph:
+        """The graph on nodes 0..n-1; call `check` first."""
 
 
-def _random_regular(n: int, seed: int, *, degree: int = 4) -> nx.Graph:
-    if degree >= n or (n * degree) % 2:
-        raise ConfigError(
-            f"topology.degree: no {degree}-regular graph on {n} nodes (need degree < n, n*degree even)"
-        )
-    return nx.random_regular_graph(degree, n, seed=seed)
+@dataclass(frozen=True)
+class Ring(Topology):
+    def check(self, n: int) -> None:
+        pass
+
+    def build(self, n: int, seed: int) -> nx.Graph:
+        return nx.cycle_graph(n)
 
 
-def _erdos_renyi(n: int, seed: int, *, p: float = 0.1) -> nx.Graph:
-    if not 0 <= p <= 1:
-        raise ConfigError(f"topology.p must be in [0, 1], got {p}")
-    return nx.gnp_random_graph(n, p, seed=seed)
+@dataclass(frozen=True)
+class Complete(Topology):
+    def check(self, n: int) -> None:
+        pass
+
+    def build(self, n: int, seed: int) -> nx.Graph:
+        return nx.complete_graph(n)
 
 
-def _small_world(n: int, seed: int, *, k: int = 4, p: float = 0.1) -> nx.Graph:
-    if not 2 <= k < n:
-        raise ConfigError(f"topology.k must be in [2, n), got {k}")
-    return nx.connected_watts_strogatz_graph(n, k, p, seed=seed)
+@dataclass(frozen=True)
+class RandomRegular(Topology):
+    degree: int = 4
+
+    def check(self, n: int) -> None:
+        _integer("degree", self.degree)
+        if not 0 <= self.degree < n or (n * self.degree) % 2:
+            raise ConfigError(
+                f"topology.degree: no {self.degree}-regular graph on {n} nodes "
+                "(need 0 <= degree < n, n*degree even)"
+            )
+
+    def build(self, n: int, seed: int) -> nx.Graph:
+        return nx.random_regular_graph(self.degree, n, seed=seed)
 
 
-def _complete(n: int, seed: int) -> nx.Graph:
-    return nx.complete_graph(n)
+@dataclass(frozen=True)
+class ErdosRenyi(Topology):
+    p: float = 0.1
+
+    def check(self, n: int) -> None:
+        _probability("p", self.p)
+
+    def build(self, n: int, seed: int) -> nx.Graph:
+        return nx.gnp_random_graph(n, self.p, seed=seed)
 
 
-def _torus(n: int, seed: int, *, rows: int | None = None) -> nx.Graph:
-    """A 2-D grid with wrap-around, `rows` x n/rows (default: the squarest that divides n)."""
-    rows = rows or _squarest_divisor(n)
-    if rows < 1 or n % rows:
-        raise ConfigError(f"topology.rows: {rows} rows do not divide {n} nodes")
-    return nx.convert_node_labels_to_integers(nx.grid_2d_graph(rows, n // rows, periodic=True))
+@dataclass(frozen=True)
+class SmallWorld(Topology):
+    """Watts-Strogatz: a ring lattice of `k` neighbours per node, each edge rewired with probability `p`."""
+
+    k: int = 4
+    p: float = 0.1
+
+    def check(self, n: int) -> None:
+        _integer("k", self.k)
+        if not 2 <= self.k < n:
+            raise ConfigError(f"topology.k must be in [2, n) = [2, {n}), got {self.k}")
+        _probability("p", self.p)
+
+    def build(self, n: int, seed: int) -> nx.Graph:
+        return nx.connected_watts_strogatz_graph(n, self.k, self.p, seed=seed)
 
 
-def _grid(n: int, seed: int, *, rows: int | None = None) -> nx.Graph:
-    rows = rows or _squarest_divisor(n)
-    if rows < 1 or n % rows:
-        raise ConfigError(f"topology.rows: {rows} rows do not divide {n} nodes")
-    return nx.convert_node_labels_to_integers(nx.grid_2d_graph(rows, n // rows))
+@dataclass(frozen=True)
+class Grid(Topology):
+    """A 2-D grid, `rows` x n/rows (default: the squarest that divides n)."""
+
+    rows: int | None = None
+    periodic: ClassVar[bool] = False
+
+    def check(self, n: int) -> None:
+        if self.rows is not None:
+            _integer("rows", self.rows)
+            if self.rows < 1 or n % self.rows:
+                raise ConfigError(f"topology.rows: {self.rows} rows do not divide {n} nodes")
+
+    def build(self, n: int, seed: int) -> nx.Graph:
+        rows = self.rows or _squarest_divisor(n)
+        return nx.convert_node_labels_to_integers(nx.grid_2d_graph(rows, n // rows, periodic=self.periodic))
+
+
+@dataclass(frozen=True)
+class Torus(Grid):
+    """A 2-D grid with wrap-around."""
+
+    periodic: ClassVar[bool] = True
+
+
+@dataclass(frozen=True)
+class BarabasiAlbert(Topology):
+    """Preferential attachment: each new node links to `m` existing ones."""
+
+    m: int = 2
+
+    def check(self, n: int) -> None:
+        _integer("m", self.m)
+        if not 1 <= self.m < n:
+            raise ConfigError(f"topology.m must be in [1, n) = [1, {n}), got {self.m}")
+
+    def build(self, n: int, seed: int) -> nx.Graph:
+        return nx.barabasi_albert_graph(n, self.m, seed=seed)
+
+
+def _integer(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"topology.{name} must be an integer, got {value!r}")
+
+
+def _probability(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise ConfigError(f"topology.{name} must be a probability in [0, 1], got {value!r}")
 
 
 def _squarest_divisor(n: int) -> int:
     return max(d for d in range(1, math.isqrt(n) + 1) if n % d == 0)
 
 
-def _barabasi_albert(n: int, seed: int, *, m: int = 2) -> nx.Graph:
-    if not 1 <= m < n:
-        raise ConfigError(f"topology.m must be in [1, n), got {m}")
-    return nx.barabasi_albert_graph(n, m, seed=seed)
-
-
-BUILDERS: dict[str, Callable[..., nx.Graph]] = {
-    "ring": _ring,
-    "random_regular": _random_regular,
-    "erdos_renyi": _erdos_renyi,
-    "small_world": _small_world,
-    "watts_strogatz": _small_world,
-    "complete": _complete,
-    "torus": _torus,
-    "grid": _grid,
-    "barabasi_albert": _barabasi_albert,
+BUILDERS: dict[str, type[Topology]] = {
+    "ring": Ring,
+    "random_regular": RandomRegular,
+    "erdos_renyi": ErdosRenyi,
+    "small_world": SmallWorld,
+    "watts_strogatz": SmallWorld,
+    "complete": Complete,
+    "torus": Torus,
+    "grid": Grid,
+    "barabasi_albert": BarabasiAlbert,
 }
 
 _READERS: dict[str, Callable[[Path], nx.Graph]] = {
@@ -110,13 +192,28 @@ def load_topology(path: str | Path) -> nx.Graph:
     return graph
 
 
-def build_topology(name: str, n: int, *, seed: int, **params: float) -> nx.Graph:
-    """Build topology `name` on `n` nodes; `params` are the builder's own (degree, p, k)."""
+def topology(name: str, **params: float) -> Topology:
+    """Topology `name` with `params` (its own: degree, p, k, ...); `ConfigError` names a bad one."""
     if name not in BUILDERS:
         raise ConfigError(f"topology: unknown name {name!r}; choose one of {sorted(BUILDERS)}")
+    family = BUILDERS[name]
+    accepted = [f.name for f in fields(family)]
+    if unknown := sorted(set(params) - set(accepted)):
+        raise ConfigError(
+            f"topology_params: {unknown} not accepted by topology {name!r}; it accepts {accepted or 'none'}"
+        )
+    return family(**params)
+
+
+def build_topology(name: str, n: int, *, seed: int, **params: float) -> nx.Graph:
+    """Build topology `name` on `n` nodes; `params` are the family's own (degree, p, k, ...)."""
+    spec = topology(name, **params)
+    check_size(spec, n)
+    return spec.build(n, seed)
+
+
+def check_size(spec: Topology, n: int) -> None:
+    """Whether `spec` has a graph on `n` nodes; `ConfigError` names the parameter that rules it out."""
     if n < 2:
         raise ConfigError(f"nodes must be >= 2, got {n}")
-    try:
-        return BUILDERS[name](n, seed, **params)
-    except TypeError as exc:
-        raise ConfigError(f"topology {name!r}: bad parameters {sorted(params)}: {exc}") from exc
+    spec.check(n)

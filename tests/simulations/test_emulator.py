@@ -89,5 +89,11 @@ def test_topology_errors_name_the_problem():
         build_topology("hypercube", 8, seed=0)
     with pytest.raises(ConfigError, match="degree"):
         build_topology("random_regular", 5, seed=0, degree=3)
-    with pytest.raises(ConfigError, match="bad parameters"):
+    with pytest.raises(ConfigError, match=r"\['degree'\] not accepted by topology 'ring'; it accepts none"):
         build_topology("ring", 5, seed=0, degree=3)
+    with pytest.raises(ConfigError, match=r"topology\.degree: no -2-regular graph"):
+        build_topology("random_regular", 6, seed=0, degree=-2)
+    with pytest.raises(ConfigError, match=r"topology\.p must be a probability in \[0, 1\], got 5"):
+        build_topology("small_world", 6, seed=0, k=2, p=5)
+    with pytest.raises(ConfigError, match=r"topology\.k must be an integer, got 2\.5"):
+        build_topology("small_world", 6, seed=0, k=2.5)

@@ -88,3 +88,14 @@ def test_bad_edge_attributes_are_named():
     graph.edges[0, 1]["latency"] = -1.0
     with pytest.raises(ConfigError, match=r"edge \(0, 1\)"):
         run_emulation(EmulationConfig(nodes=3, rounds=1, local_steps=1), graph=graph)
+
+
+def test_attributes_that_are_not_numbers_are_named():
+    graph = nx.path_graph(3)
+    graph.edges[0, 1]["latency"] = "fast"
+    with pytest.raises(ConfigError, match=r"topology edge \(0, 1\): latency must be a number, got 'fast'"):
+        run_emulation(EmulationConfig(nodes=3, rounds=1), graph=graph)
+    graph = nx.path_graph(3)
+    graph.nodes[2]["speed"] = "quick"
+    with pytest.raises(ConfigError, match=r"topology node 2: speed must be a number, got 'quick'"):
+        run_emulation(EmulationConfig(nodes=3, rounds=1), graph=graph)

@@ -1,5 +1,6 @@
 import csv
 import io
+import json
 import struct
 
 import networkx as nx
@@ -371,3 +372,17 @@ def test_run_emulation_reports_each_new_round_to_a_progress_reporter():
 
     run_emulation(EmulationConfig(nodes=4, rounds=3, local_steps=1, topology="ring"), progress=Recorder())
     assert seen == [(1, 3), (2, 3), (3, 3)]
+
+
+def test_cli_creates_output_folders_and_refuses_one_it_cannot_create_before_running(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    out = CliRunner().invoke(main, ["sim", "run", "--nodes", "4", "--json", str(blocker / "x" / "s.json")])
+    assert out.exit_code == 2 and "--json" in out.output and "cannot create" in out.output
+    assert "round" not in out.output  # refused before running
+    scenario = tmp_path / "tiny.toml"
+    scenario.write_text(TINY)
+    deep = tmp_path / "new" / "deeper" / "summary.json"
+    out = CliRunner().invoke(main, ["sim", "run", str(scenario), "--json", str(deep)])
+    assert out.exit_code == 0, out.output
+    assert json.loads(deep.read_text())["variants"]["gossip"]["final_mean_accuracy"] is not None

@@ -242,3 +242,22 @@ def test_attack_params_need_an_attack(tmp_path):
     path = write(tmp_path, 'name = "x"\n[base]\nattack_params = { scale = 2.0 }\n')
     with pytest.raises(ConfigError, match=r"attack_params \['scale'\] need an attack"):
         load_scenario(path)
+
+
+@pytest.mark.parametrize(
+    ("base", "message"),
+    [
+        ("", "topology.degree: no 4-regular graph on 4 nodes"),  # the default topology
+        ('topology = "random_regular"\ntopology_params = { degree = -2 }', "no -2-regular graph on 8"),
+        ('topology = "small_world"\ntopology_params = { k = 2, p = 5 }', "topology.p must be a probability"),
+        ('topology = "torus"\ntopology_params = { rows = 3 }', "topology.rows: 3 rows do not divide 8 nodes"),
+        ('topology = "barabasi_albert"\ntopology_params = { m = 8 }', "topology.m must be in [1, n)"),
+    ],
+)
+def test_topology_values_that_allow_no_graph_fail_on_load(tmp_path, base, message):
+    # Not rows: GOOD's topology_file replaces the named topology, whose values then need not fit.
+    nodes = 8 if base else 4
+    path = write(tmp_path, f'name = "x"\n[base]\nnodes = {nodes}\n{base}\n[[variants]]\nname = "v"\n')
+    with pytest.raises(ConfigError) as error:
+        load_scenario(path)
+    assert str(error.value).startswith(f"{path}: variants[0] (v): ") and message in str(error.value)
