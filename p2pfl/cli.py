@@ -115,7 +115,15 @@ def node_run(config_path: Path, fast_exit: bool) -> None:
 
     configure_logging(config.log_level, config.log_format)
     try:
-        trio.run(run_daemon, config)
+        try:
+            trio.run(run_daemon, config)
+        except BaseExceptionGroup as group:
+            # An error raised inside trio nurseries (the transport's, the node's) arrives wrapped,
+            # often several levels deep; a single one is reported below like a bare one.
+            leaf = _only_leaf(group)
+            if not isinstance(leaf, (P2PFLError, KeyFileError, OSError)):
+                raise
+            raise leaf from None
     except (P2PFLError, KeyFileError) as exc:  # a bad checkpoint, a data dir in use, a bad key
         logging.getLogger("p2pfl.daemon").error("cannot start", extra={"error": str(exc)})
         raise click.ClickException(str(exc)) from exc
@@ -130,6 +138,19 @@ def node_run(config_path: Path, fast_exit: bool) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(0)
+
+
+def _only_leaf(group: BaseExceptionGroup) -> BaseException | None:
+    """The one exception in `group` and the groups nested in it, or None if there are several."""
+    leaves: list[BaseException] = []
+    pending: list[BaseException] = [group]
+    while pending and len(leaves) < 2:
+        exc = pending.pop()
+        if isinstance(exc, BaseExceptionGroup):
+            pending.extend(exc.exceptions)
+        else:
+            leaves.append(exc)
+    return leaves[0] if len(leaves) == 1 and not pending else None
 
 
 @main.command()

@@ -22,7 +22,6 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import fields, is_dataclass
-from functools import partial
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -425,6 +424,32 @@ async def _open_node(config: NodeConfig, data_dir: Path, learner: Learner) -> As
             "compression topk sends only the largest entries of each model: gossip and MoDeST send whole"
             " models, so peers receive mostly-zero models; prefer int8 or fp16"
         )
+    server: StatusServer | None = None
+    if config.status.enabled:
+        # Bound before the transport opens: a status port in use then fails the start as a plain
+        # OSError, not wrapped in the ExceptionGroups of the transport's nurseries. It serves only
+        # once `handle`, which the snapshot reads, exists.
+        token = trio.lowlevel.current_trio_token()
+        server = StatusServer(
+            lambda: _snapshot_from_thread(handle, token), host=config.status.host, port=config.status.port
+        )
+    try:
+        async with _open_node_transport(config, data_dir, learner, restored, server) as handle:
+            yield handle
+    finally:
+        if server is not None:
+            server.stop()  # closes the socket if the transport never opened; else stopped already
+
+
+@asynccontextmanager
+async def _open_node_transport(
+    config: NodeConfig,
+    data_dir: Path,
+    learner: Learner,
+    restored: Checkpoint | None,
+    server: StatusServer | None,
+) -> AsyncIterator[NodeHandle]:
+    """The transport and the node on it; starts `server` (bound already) and stops it before the transport."""
     async with open_libp2p_transport(
         key_dir=data_dir,
         listen=config.listen,
@@ -438,14 +463,11 @@ async def _open_node(config: NodeConfig, data_dir: Path, learner: Learner) -> As
         penalties=config.penalties.transport(),
     ) as transport:
         handle = NodeHandle(config, transport, learner, restored)
-        server: StatusServer | None = None
         status_file = data_dir / STATUS_FILE
         try:
             async with trio.open_nursery() as nursery:
-                if config.status.enabled:
-                    snapshot = partial(_snapshot_from_thread, handle, trio.lowlevel.current_trio_token())
-                    server = StatusServer(snapshot, host=config.status.host, port=config.status.port).start()
-                    handle.status_url = server.url
+                if server is not None:
+                    handle.status_url = server.start().url
                 _write_json_atomic(
                     status_file,
                     {

@@ -43,7 +43,8 @@ class StatusServer:
         try:
             self._server = ThreadingHTTPServer((host, port), handler)
         except OSError as exc:
-            raise OSError(exc.errno, f"status server cannot listen on {host}:{port}: {exc.strerror}") from exc
+            # No errno in the message: a CLI prints it as is, after "Error: "; the cause keeps it.
+            raise OSError(f"status server cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
         self._server.daemon_threads = True
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.1}, name="p2pfl-status", daemon=True

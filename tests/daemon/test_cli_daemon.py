@@ -1,12 +1,17 @@
-"""`p2pfl keygen` and the daemon commands' place in `p2pfl --help`."""
+"""`p2pfl keygen`, the daemon commands' place in `p2pfl --help`, and how `p2pfl node run` reports a
+node that cannot start."""
 
 from __future__ import annotations
 
 import re
+import socket
 
+import pytest
 from click.testing import CliRunner
+from daemon_helpers import node_settings
 
 from p2pfl.cli import main
+from p2pfl.daemon import runner
 
 
 def test_keygen_creates_an_identity_once_and_prints_a_bootstrap_address(tmp_path):
@@ -37,3 +42,54 @@ def test_help_lists_the_daemon_commands_and_the_plugins():
     assert result.exit_code == 0
     for command in ("keygen", "node", "status", "sim"):
         assert re.search(rf"^\s+{command}\s", result.output, re.MULTILINE), result.output
+
+
+@pytest.fixture
+def taken_port():
+    """A port on 127.0.0.1 that something listens on for the whole test."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield sock.getsockname()[1]
+
+
+def node_run(write_toml, tmp_path, **overrides):
+    path = write_toml("node.toml", node_settings(tmp_path / "node", **overrides))
+    return CliRunner().invoke(main, ["node", "run", "--config", str(path), "--no-fast-exit"])
+
+
+def test_node_run_reports_a_status_port_in_use_in_one_line(write_toml, tmp_path, taken_port):
+    result = node_run(write_toml, tmp_path, status={"host": "127.0.0.1", "port": taken_port})
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    assert f"Error: status server cannot listen on 127.0.0.1:{taken_port}: " in result.output
+    assert "Traceback" not in result.output and "ExceptionGroup" not in result.output
+    assert 'msg="cannot run"' in result.output
+
+
+def test_node_run_reports_a_bad_status_host_in_one_line(write_toml, tmp_path):
+    result = node_run(write_toml, tmp_path, status={"host": "999.1.1.1", "port": 0})
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    assert "Error: status server cannot listen on 999.1.1.1:0: " in result.output
+
+
+def test_node_run_reports_a_listen_address_in_use_in_one_line(write_toml, tmp_path, taken_port):
+    result = node_run(write_toml, tmp_path, listen=[f"/ip4/127.0.0.1/tcp/{taken_port}"])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    assert f"Error: cannot listen on /ip4/127.0.0.1/tcp/{taken_port} " in result.output
+
+
+def test_node_run_reports_a_single_error_from_nested_nurseries_as_itself(write_toml, tmp_path, monkeypatch):
+    async def failing(config):
+        refused = OSError("the one error")
+        raise ExceptionGroup("outer", [ExceptionGroup("inner", [refused])])
+
+    monkeypatch.setattr(runner, "run_daemon", failing)
+    result = node_run(write_toml, tmp_path)
+    assert result.exit_code == 1 and "Error: the one error" in result.output, result.output
+
+    async def failing_twice(config):
+        raise ExceptionGroup("outer", [OSError("one"), ExceptionGroup("inner", [OSError("two")])])
+
+    monkeypatch.setattr(runner, "run_daemon", failing_twice)
+    result = node_run(write_toml, tmp_path)
+    assert isinstance(result.exception, ExceptionGroup)  # several errors: nothing to pick one from

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import urllib.request
 
 import pytest
@@ -13,6 +14,7 @@ from daemon_helpers import node_config
 from p2pfl.daemon.checkpoint import CHECKPOINT_FILE, load_checkpoint
 from p2pfl.daemon.embed import NodeThread, open_node
 from p2pfl.daemon.runner import STATUS_FILE, DataDirInUse
+from transport.libp2p import ListenFailed
 
 pytest.importorskip("libp2p")
 
@@ -95,6 +97,35 @@ def test_a_node_thread_that_cannot_start_says_why(tmp_path):
     with pytest.raises(RuntimeError, match="failed to start") as info:
         node.start(timeout=60)
     assert "unreadable" in str(info.value.__cause__)
+
+
+def test_open_node_raises_a_port_in_use_as_itself_and_leaves_no_socket_open(tmp_path):
+    async def open_with(config):
+        with trio.fail_after(30):
+            async with open_node(config):
+                pytest.fail("the node started")
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        status_in_use = node_config(tmp_path / "a", status={"host": "127.0.0.1", "port": port})
+        with pytest.raises(OSError, match=f"status server cannot listen on 127.0.0.1:{port}"):
+            trio.run(open_with, status_in_use)
+
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            status_port = probe.getsockname()[1]
+        listen_in_use = node_config(
+            tmp_path / "b",
+            listen=[f"/ip4/127.0.0.1/tcp/{port}"],
+            status={"host": "127.0.0.1", "port": status_port},
+        )
+        with pytest.raises(ListenFailed):
+            trio.run(open_with, listen_in_use)
+    # The status server was bound before the transport failed to open; its port is free again.
+    with socket.socket() as again:
+        again.bind(("127.0.0.1", status_port))
 
 
 def test_modest_nodes_take_discovered_peers_as_participants(tmp_path, threads):
