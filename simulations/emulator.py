@@ -8,6 +8,8 @@ config's seed, so a run is deterministic for a seed.
 from __future__ import annotations
 
 import gc
+import heapq
+import itertools
 import random
 import resource
 import time
@@ -94,7 +96,7 @@ def run_emulation(
     emulation = _Emulation(config, task, graph, absent, plan, progress)
     started = time.perf_counter()
     with (
-        _seeded_scheduler(derive_seed(config.seed, _SCHEDULER)),
+        _deterministic_trio(derive_seed(config.seed, _SCHEDULER)),
         _torch_settings(config.torch_threads),
         _collector_for_many_objects(),
     ):
@@ -114,26 +116,40 @@ def run_emulation(
 
 
 @contextmanager
-def _seeded_scheduler(seed: int) -> Iterator[None]:
+def _deterministic_trio(seed: int) -> Iterator[None]:
     """Make trio's scheduling order a function of `seed` for the duration of a run.
 
-    trio runs each batch of ready tasks forwards or backwards at random (to flush out order
-    assumptions), from a module-level `random.Random`. Event-driven protocols (MoDeST aggregates the
-    first models that arrive) can see that order, so an emulation seeds it and restores it after.
-    This reaches into trio's private module; if trio moves it, runs stay correct but lose
-    reproducibility, which the determinism tests would catch.
+    Two things in trio depend on more than the program: it runs each batch of ready tasks forwards
+    or backwards at random (to flush out order assumptions), from a module-level `random.Random`,
+    which we seed; and cancel scopes whose deadlines fall on the same instant expire in the order
+    of their `id()`, a memory address, which we replace by the order the deadlines were set in. In
+    virtual time deadlines coincide all the time, and event-driven protocols (MoDeST aggregates
+    the first models that arrive) see the order: with `id()`, the same run gave different message
+    counts depending on what the process had run before.
+
+    This reaches into trio's private module and restores it afterwards; if trio moves what it
+    patches, runs stay correct but lose reproducibility, which the determinism tests would catch.
     """
-    rng = getattr(getattr(trio, "_core", None), "_run", None)
-    rng = getattr(rng, "_r", None)
-    if not isinstance(rng, random.Random):
+    run = getattr(getattr(trio, "_core", None), "_run", None)
+    rng = getattr(run, "_r", None)
+    deadlines = getattr(run, "Deadlines", None)
+    if not isinstance(rng, random.Random) or deadlines is None or "add" not in vars(deadlines):
         yield
         return
-    saved = rng.getstate()
+    saved_state, saved_add = rng.getstate(), deadlines.add
+    order = itertools.count()
+
+    def add_in_order(self: Any, deadline: float, cancel_scope: trio.CancelScope) -> None:
+        heapq.heappush(self._heap, (deadline, next(order), cancel_scope))
+        self._active += 1
+
     rng.seed(seed)
+    deadlines.add = add_in_order
     try:
         yield
     finally:
-        rng.setstate(saved)
+        deadlines.add = saved_add
+        rng.setstate(saved_state)
 
 
 @contextmanager
