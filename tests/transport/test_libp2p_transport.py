@@ -274,6 +274,31 @@ def test_bootstrap_peer_is_redialed_after_the_link_drops():
     run(main)
 
 
+def test_our_own_address_among_the_bootstrap_peers_is_skipped_and_we_are_never_our_peer():
+    async def main():
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        key_pair = create_new_key_pair()
+        own = ID.from_pubkey(key_pair.public_key).to_base58()
+        own_addr = f"/ip4/127.0.0.1/tcp/{port}/p2p/{own}"
+        async with node() as other:
+            bootstrap = [own_addr, other.addrs[0]]  # one shared list of every node
+            async with open_libp2p_transport(
+                key_pair=key_pair, model=FAST, listen=f"/ip4/127.0.0.1/tcp/{port}", bootstrap=bootstrap
+            ) as a:
+                assert a.addrs == [own_addr]
+                assert await next_event(a, PeerConnected) == PeerConnected(other.peer_id)
+                await trio.sleep(0.5)  # time enough for a dial to ourselves to connect
+                assert a.peers() == frozenset({other.peer_id})
+                # Dialed all the same (here by hand), a connection to ourselves is no peer of ours.
+                await a.host.connect(info_from_p2p_addr(multiaddr.Multiaddr(own_addr)))
+                assert a.peers() == frozenset({other.peer_id})
+                assert_no_event(a, PeerConnected)
+
+    run(main)
+
+
 def test_a_plaintext_only_peer_cannot_connect_either_way():
     async def main():
         key_pair = create_new_key_pair()

@@ -5,7 +5,8 @@ and one may close while the other stays. A peer is connected while it has at lea
 so `PeerConnected` fires on its first and `PeerDisconnected` on its last.
 
 A gate (`admit`) may refuse a peer's connections (a banned peer): those are not tracked at all, so
-the application never hears of them, and whoever refused them closes them.
+the application never hears of them, and whoever refused them closes them. Connections of our own
+peer ID (a host that dialed one of its own addresses) are not tracked either: we are never our peer.
 """
 
 from __future__ import annotations
@@ -26,8 +27,9 @@ __all__ = ["ConnectionTracker"]
 class ConnectionTracker(INotifee):
     """Swarm notifee: keeps the connected-peer set and turns its changes into inbox events."""
 
-    def __init__(self, inbox: Inbox, *, admit: Callable[[ID], bool]) -> None:
+    def __init__(self, inbox: Inbox, *, own: ID, admit: Callable[[ID], bool]) -> None:
         self._inbox = inbox
+        self._own = own
         self._admit = admit
         self._conns: dict[ID, set[INetConn]] = {}
         self._gone: dict[ID, trio.Event] = {}
@@ -58,7 +60,7 @@ class ConnectionTracker(INotifee):
 
     async def connected(self, network: INetwork, conn: INetConn) -> None:
         peer = conn.muxed_conn.peer_id
-        if not self._admit(peer):
+        if peer == self._own or not self._admit(peer):
             return
         conns = self._conns.setdefault(peer, set())
         first = not conns

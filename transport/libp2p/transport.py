@@ -202,7 +202,8 @@ async def open_libp2p_transport(
 
     Identity: `key_pair`, or the key in `key_dir` (created there on first use); one of the two.
     `listen` and `bootstrap` are multiaddrs, bootstrap ones with ``/p2p/<peer id>``; bootstrap peers
-    are redialed with backoff (`bootstrap_backoff` = initial, max seconds) for as long as we run.
+    are redialed with backoff (`bootstrap_backoff` = initial, max seconds) for as long as we run;
+    entries with our own peer ID are skipped. Every listen address must be bound, or `ListenFailed`.
     `accept_transfer(sender, header)` may refuse a model-plane transfer before its body is read.
     At most `max_pending_models` received models wait unread in `events`; beyond that, senders
     are refused as busy rather than buffered. `compression` is how models we send travel (we
@@ -218,7 +219,7 @@ async def open_libp2p_transport(
     if key_pair is None:
         key_pair = load_or_create_key_pair(key_dir)  # type: ignore[arg-type]
     listen_addrs = parse_multiaddrs([listen] if isinstance(listen, str) else listen)
-    bootstrap_peers = [_peer_info(addr) for addr in parse_multiaddrs(bootstrap)]
+    bootstrap_peers = _others(key_pair, [_peer_info(addr) for addr in parse_multiaddrs(bootstrap)])
 
     host = build_host(
         key_pair,
@@ -231,7 +232,7 @@ async def open_libp2p_transport(
     traffic, stats = TrafficStats(), Libp2pStats()
     bans = Bans(host, Penalties(penalties), stats=stats)
     gate_dials(host, bans.may_dial)
-    tracker = ConnectionTracker(inbox, admit=bans.admit)
+    tracker = ConnectionTracker(inbox, own=host.get_id(), admit=bans.admit)
     host.get_network().register_notifee(tracker)
     encoder = BodyEncoder(compression)
     tracker.add_disconnected_listener(encoder.forget)
@@ -339,6 +340,16 @@ async def _close_connections(host: IHost) -> None:
             log.warning("error while closing connections: %r", exc)
     if scope.cancelled_caught:
         log.warning("closing connections took over 5 s; stopping anyway")
+
+
+def _others(key_pair: KeyPair, bootstrap_peers: list[PeerInfo]) -> list[PeerInfo]:
+    """The bootstrap peers that are not us: one config listing every node is often shared by all of
+    them, and a node that dialed its own entry would count itself as a peer and gossip to itself."""
+    own = ID.from_pubkey(key_pair.public_key)
+    others = [info for info in bootstrap_peers if info.peer_id != own]
+    if len(others) < len(bootstrap_peers):
+        log.info("skipping bootstrap peer %s: it is this node", own)
+    return others
 
 
 def _peer_info(addr: multiaddr.Multiaddr) -> PeerInfo:
