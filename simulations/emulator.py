@@ -53,7 +53,7 @@ from simulations.learner_pool import LearnerPool, poolable
 from simulations.results import ConsensusTracker, EmulationResult, summarise_nodes, summarise_rounds
 from simulations.seeds import derive_seed
 from simulations.task import Task
-from simulations.topology import build_topology, load_topology
+from simulations.topology import build_topology, load_topology, node_order
 from simulations.transfer_nodes import transfer_node
 from simulations.transfer_task import TransferTask
 from transport.links import LinkParams
@@ -111,7 +111,7 @@ def run_emulation(
         stalled=emulation.stalled,
         node_rounds=sum(len(node.history) for node in emulation.nodes),
         peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # KiB on Linux
-        graph=nx.convert_node_labels_to_integers(graph, ordering="sorted"),
+        graph=nx.relabel_nodes(graph, {label: i for i, label in enumerate(node_order(graph))}),
     )
 
 
@@ -211,19 +211,14 @@ class _Emulation:
         self.plan = plan
         self.reporter = reporter
         self.peer_ids = [f"n{i:05d}" for i in range(config.nodes)]
-        labels = sorted(graph.nodes)
+        labels = node_order(graph)
         self.speeds = _speeds(config, [graph.nodes[label] for label in labels])
         self.links = _links(graph, dict(zip(labels, self.peer_ids, strict=True)))
         self.founders = tuple(p for i, p in enumerate(self.peer_ids) if i not in absent)
         self.members = MemberList.of(self.founders)  # one list for every MoDeST node's view
         self.leaving = frozenset(n for e in plan if e.action == "leave" for n in e.nodes)
-        self.byzantine = frozenset(
-            choose_byzantine(
-                config.nodes, config.byzantine_fraction, seed=derive_seed(config.seed, _BYZANTINE)
-            )
-            if config.attack is not None
-            else ()
-        )
+        self.byzantine = _byzantine(config)
+        self.byzantine_peers = frozenset(self.peer_ids[i] for i in self.byzantine)
         self.nodes: list[Node] = []
         self._shards: list[np.ndarray] | None = None
         self.scopes: list[trio.CancelScope] = []
@@ -381,7 +376,7 @@ class _Emulation:
 
     def round_finished(self, node: Node, record: RoundRecord) -> None:
         """Node observer: track progress and apply churn the moment its round is reached."""
-        if self.config.consensus and record.accuracy is not None and node.attack is None:
+        if self.config.consensus and record.accuracy is not None and node.peer_id not in self.byzantine_peers:
             self.consensus.add(record.round, node.learner.state().flat)
         if record.round <= self.progress:
             return
@@ -435,6 +430,18 @@ def _learner_pool(config: EmulationConfig, task: Task) -> LearnerPool | None:
     if not poolable(task.make_model(seed=0)):
         return None
     return LearnerPool(task.make_model, lr=config.lr, batch_size=config.batch_size, test_data=task.test)
+
+
+def _byzantine(config: EmulationConfig) -> frozenset[int]:
+    """The Byzantine nodes' indices, a `byzantine_fraction` of the nodes (of the clients, with FL:
+    an attacking server would leave no honest node to report a round)."""
+    if config.attack is None:
+        return frozenset()
+    candidates = [i for i in range(config.nodes) if not (config.protocol == "fl" and i == FL_SERVER)]
+    picked = choose_byzantine(
+        len(candidates), config.byzantine_fraction, seed=derive_seed(config.seed, _BYZANTINE)
+    )
+    return frozenset(candidates[i] for i in picked)
 
 
 def _speeds(config: EmulationConfig, attributes: list[dict[str, Any]]) -> list[float]:

@@ -22,6 +22,7 @@ from typing import IO, TYPE_CHECKING, Protocol, runtime_checkable
 import networkx as nx
 
 from simulations.results import EmulationResult, NodeSummary, RoundSummary
+from simulations.topology import node_order
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -193,5 +194,5 @@ def _is_terminal(file: IO[str]) -> bool:
 
 
 def states_by_label(graph: nx.Graph, states: Mapping[int, str]) -> dict[object, str]:
-    """Index-keyed `states` re-keyed by `graph`'s own labels (the emulator takes labels sorted)."""
-    return {label: states.get(index, "honest") for index, label in enumerate(sorted(graph.nodes))}
+    """Index-keyed `states` re-keyed by `graph`'s own labels (in the emulator's `node_order`)."""
+    return {label: states.get(index, "honest") for index, label in enumerate(node_order(graph))}

@@ -1,7 +1,7 @@
 """Topologies by name, built with networkx from a seed, or read from a graph file.
 
 Built graphs are labelled 0..n-1. A file graph (`load_topology`) keeps its own labels; the emulator
-maps them, sorted, onto its nodes, and takes per-edge attributes (latency, bandwidth, loss) from it.
+maps them, in `node_order`, onto its nodes, and takes per-edge attributes (latency, bandwidth, loss) from it.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import networkx as nx
 
@@ -169,6 +169,22 @@ _READERS: dict[str, Callable[[Path], nx.Graph]] = {
     ".edges": lambda path: nx.read_edgelist(path, data=True),
     ".txt": lambda path: nx.read_edgelist(path, data=True),
 }
+
+
+def node_order(graph: nx.Graph) -> list[Any]:
+    """`graph`'s labels in the order of node indices: numbers by value, then other labels as text.
+
+    GraphML and edge lists store labels as text, so sorting them as text would put "10" before
+    "2" and give node index 2 (in churn events, CSVs, Byzantine picks) to the node labelled "10".
+    """
+
+    def key(label: Any) -> tuple[int, int, str]:
+        text = str(label)
+        if isinstance(label, int) or text.lstrip("-").isdigit():
+            return (0, int(text), "")
+        return (1, 0, text)
+
+    return sorted(graph.nodes, key=key)
 
 
 def load_topology(path: str | Path) -> nx.Graph:

@@ -39,3 +39,26 @@ def test_label_flippers_poison_their_data_and_are_picked_by_seed():
 def test_invalid_attack_settings_name_the_field(overrides, message):
     with pytest.raises(ConfigError, match=message):
         EmulationConfig(**{**BASE, **overrides})
+
+
+def test_the_consensus_distance_leaves_out_label_flippers(monkeypatch):
+    """Label flippers run with no model attack (their data is what lies), so telling the honest
+    nodes apart by `node.attack` counted them in."""
+    from simulations.results import ConsensusTracker
+
+    added = []
+    original = ConsensusTracker.add
+    monkeypatch.setattr(
+        ConsensusTracker, "add", lambda self, r, flat: (added.append(r), original(self, r, flat))
+    )
+    config = EmulationConfig(
+        nodes=8,
+        rounds=2,
+        topology_params={"degree": 3},
+        attack="label_flip",
+        byzantine_fraction=0.25,
+        consensus=True,
+    )
+    result = run_emulation(config)
+    assert [r.nodes for r in result.rounds] == [6, 6]
+    assert added.count(1) == added.count(2) == 6

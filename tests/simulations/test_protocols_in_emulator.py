@@ -41,6 +41,15 @@ def test_runs_do_not_depend_on_what_ran_before_them_in_the_process():
     assert len(counts) == 1, counts
 
 
+def test_the_fl_server_is_never_picked_as_byzantine():
+    # seed 2 picked the server (node 0) before, and the run then reported no round at all
+    config = dict(MODEST, nodes=8, rounds=2, protocol="fl", protocol_params={"s": 3}, attack="sign_flip")
+    for seed in range(6):
+        result = run_emulation(EmulationConfig(**config, byzantine_fraction=0.25, seed=seed))
+        assert not result.nodes[0].byzantine and sum(n.byzantine for n in result.nodes) == 1  # 25% of 7
+        assert [r.round for r in result.rounds] == [1, 2]
+
+
 def test_fl_rows_come_from_the_server():
     result = run_emulation(
         EmulationConfig(**{**MODEST, "protocol": "fl", "protocol_params": {"s": 4}}, seed=1)

@@ -6,7 +6,7 @@ import torch
 from p2pfl.errors import ConfigError
 from simulations import EmulationConfig, build_topology, run_emulation
 from simulations.synthetic import GaussianMixture, synthetic_task
-from simulations.topology import load_topology
+from simulations.topology import load_topology, node_order
 
 
 def test_torus_grid_and_barabasi_albert_have_their_shape():
@@ -44,6 +44,18 @@ def test_a_topology_file_drives_the_emulation_and_must_match_nodes(tmp_path):
     assert result.rounds[-1].nodes == 5
     with pytest.raises(ConfigError, match="has 5 nodes but nodes is 6"):
         EmulationConfig(nodes=6, topology_file=str(path))
+
+
+def test_numeric_labels_of_a_graph_file_are_node_indices_by_value(tmp_path):
+    """An edge list stores labels as text; sorted as text, "10" came before "2" and node index 2
+    (what churn events, CSVs and Byzantine picks name) was the node labelled 10."""
+    path = tmp_path / "ring.edgelist"
+    nx.write_edgelist(nx.cycle_graph(12), path, data=False)
+    config = EmulationConfig(nodes=12, rounds=1, local_steps=1, topology_file=str(path))
+    result = run_emulation(config)
+    assert sorted(result.graph.neighbors(2)) == [1, 3]
+    assert sorted(result.graph.neighbors(11)) == [0, 10]
+    assert node_order(nx.Graph([("b", "10"), ("10", "2"), ("a", "2")])) == ["2", "10", "a", "b"]
 
 
 def test_synthetic_node_data_is_seeded_per_node_and_skewed_by_alpha():
