@@ -14,6 +14,8 @@ from torch import nn
 
 from p2pfl.daemon.config import NodeConfig
 from p2pfl.datasets import dirichlet_split, iid_split, labels_of, load_digits, take
+from p2pfl.device import choose_device
+from p2pfl.errors import ConfigError
 from p2pfl.learner import Learner
 from p2pfl.models import mlp
 
@@ -28,11 +30,21 @@ def build_learner(config: NodeConfig) -> Learner:
     whole test set. Every node computes the same split from the same settings, so shards are disjoint
     without any coordination."""
     task, shard = config.task, config.task.shard
+    # Values the config schema accepts but this machine or data set cannot honour (more shards than
+    # samples, an alpha too small for every shard to get a sample, a GPU that is not there) are
+    # config errors all the same, named by field rather than raised from deep inside.
+    try:
+        device = choose_device(config.training.device)
+    except RuntimeError as exc:
+        raise ConfigError(f"training.device: {exc}") from exc
     train, test = load_digits(test_fraction=task.test_fraction, seed=task.seed)
-    if shard.partition == "iid":
-        parts = iid_split(len(train), shard.of, seed=shard.seed)
-    else:
-        parts = dirichlet_split(labels_of(train), shard.of, alpha=shard.alpha, seed=shard.seed)
+    try:
+        if shard.partition == "iid":
+            parts = iid_split(len(train), shard.of, seed=shard.seed)
+        else:
+            parts = dirichlet_split(labels_of(train), shard.of, alpha=shard.alpha, seed=shard.seed)
+    except ValueError as exc:
+        raise ConfigError(f"task.shard: {exc}") from exc
     model = mlp(
         (_DIGITS_FEATURES, *config.model.hidden, _DIGITS_CLASSES),
         activation=_ACTIVATIONS[config.model.activation],
@@ -45,7 +57,7 @@ def build_learner(config: NodeConfig) -> Learner:
         test,
         batch_size=config.training.batch_size,
         optimizer=lambda params: PlainSGD(params, lr=config.training.lr),
-        device=config.training.device,
+        device=device,
         seed=config.training_seed,
     )
 

@@ -35,7 +35,10 @@ def dirichlet_split(labels: np.ndarray, num_parts: int, *, alpha: float, seed: i
                 part.extend(chunk.tolist())
         if min(len(part) for part in parts) > 0:
             return [np.sort(np.asarray(part, dtype=np.int64)) for part in parts]
-    raise ValueError(f"could not give each of {num_parts} parts a sample with alpha={alpha}")
+    raise ValueError(
+        f"could not give each of {num_parts} parts a sample with alpha={alpha};"
+        " use a larger alpha or fewer parts"
+    )
 
 
 def labels_of(dataset: Dataset) -> np.ndarray:

@@ -1,11 +1,15 @@
-"""The daemon's digits task: disjoint shards, a shared initialisation, and its SGD."""
+"""The daemon's digits task: disjoint shards, a shared initialisation, its SGD, and settings it cannot use."""
 
 from __future__ import annotations
 
+import pytest
 import torch
-from daemon_helpers import node_config
+from click.testing import CliRunner
+from daemon_helpers import node_config, node_settings
 
+from p2pfl.cli import main
 from p2pfl.daemon.task import PlainSGD, build_learner
+from p2pfl.errors import ConfigError
 
 
 def test_shards_are_disjoint_and_cover_the_training_set(tmp_path):
@@ -30,3 +34,37 @@ def test_plain_sgd_matches_torch_sgd():
             optimizer.step()
     for p, q in zip(a.parameters(), b.parameters(), strict=True):
         torch.testing.assert_close(p, q)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"task": {"shard": {"index": 1999, "of": 2000}}}, r"^task\.shard: cannot split \d+ samples into"),
+        (
+            {"task": {"shard": {"index": 5, "of": 20, "partition": "dirichlet", "alpha": 0.01}}},
+            r"^task\.shard: could not give each of 20 parts a sample with alpha=0\.01; use a larger alpha",
+        ),
+    ],
+)
+def test_a_shard_the_data_cannot_fill_is_a_config_error_naming_the_field(tmp_path, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        build_learner(node_config(tmp_path, **overrides))
+
+
+@pytest.mark.parametrize(("device", "missing"), [("cuda", "CUDA"), ("mps", "MPS")])
+def test_a_device_this_machine_lacks_is_a_config_error_naming_the_field(
+    tmp_path, monkeypatch, device, missing
+):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    expected = rf"^training\.device: device {device} requested but {missing} is not available"
+    with pytest.raises(ConfigError, match=expected):
+        build_learner(node_config(tmp_path, training={"device": device}))
+
+
+def test_node_run_reports_an_unusable_shard_in_one_line(write_toml, tmp_path):
+    shard = {"index": 1999, "of": 2000}
+    path = write_toml("node.toml", node_settings(tmp_path / "node", task={"shard": shard}))
+    result = CliRunner().invoke(main, ["node", "run", "--config", str(path), "--no-fast-exit"])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    assert "Error: task.shard: cannot split" in result.output
