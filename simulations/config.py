@@ -104,6 +104,12 @@ class EmulationConfig:
     seconds_per_step: float = 0.001
     seed: int = 0
 
+    @property
+    def protected(self) -> frozenset[int]:
+        """Nodes that no churn event or attack picks: the FL baseline's server, whose loss would end
+        the run (only it records rounds)."""
+        return frozenset({FL_SERVER}) if self.protocol == "fl" else frozenset()
+
     def __post_init__(self) -> None:
         if self.nodes < 2:
             raise ConfigError(f"nodes must be >= 2, got {self.nodes}")
@@ -181,7 +187,7 @@ class EmulationConfig:
             make_attack(self)  # raises ConfigError naming the attack or attack_params
         if any(e.action == "join" for e in self.churn) and self.protocol != "modest":
             raise ConfigError("churn: join is supported with protocol 'modest' only")
-        server = {FL_SERVER} if self.protocol == "fl" else set()  # never churned (plan_churn)
+        server = self.protected
         for event in self.churn:
             if bad := [n for n in event.nodes if not 0 <= n < self.nodes or n in server]:
                 raise ConfigError(

@@ -91,7 +91,7 @@ def run_emulation(
         config.churn,
         config.nodes,
         seed=derive_seed(config.seed, _CHURN),
-        protected=frozenset({FL_SERVER}) if config.protocol == "fl" else frozenset(),
+        protected=config.protected,
     )
     emulation = _Emulation(config, task, graph, absent, plan, progress)
     started = time.perf_counter()
@@ -111,7 +111,7 @@ def run_emulation(
         stalled=emulation.stalled,
         node_rounds=sum(len(node.history) for node in emulation.nodes),
         peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # KiB on Linux
-        graph=nx.relabel_nodes(graph, {label: i for i, label in enumerate(node_order(graph))}),
+        graph=nx.relabel_nodes(graph, {label: i for i, label in enumerate(emulation.labels)}),
     )
 
 
@@ -211,7 +211,7 @@ class _Emulation:
         self.plan = plan
         self.reporter = reporter
         self.peer_ids = [f"n{i:05d}" for i in range(config.nodes)]
-        labels = node_order(graph)
+        self.labels = labels = node_order(graph)  # node index -> the graph's label
         self.speeds = _speeds(config, [graph.nodes[label] for label in labels])
         self.links = _links(graph, dict(zip(labels, self.peer_ids, strict=True)))
         self.founders = tuple(p for i, p in enumerate(self.peer_ids) if i not in absent)
@@ -433,11 +433,10 @@ def _learner_pool(config: EmulationConfig, task: Task) -> LearnerPool | None:
 
 
 def _byzantine(config: EmulationConfig) -> frozenset[int]:
-    """The Byzantine nodes' indices, a `byzantine_fraction` of the nodes (of the clients, with FL:
-    an attacking server would leave no honest node to report a round)."""
+    """The Byzantine nodes' indices, a `byzantine_fraction` of the nodes that are not protected."""
     if config.attack is None:
         return frozenset()
-    candidates = [i for i in range(config.nodes) if not (config.protocol == "fl" and i == FL_SERVER)]
+    candidates = [i for i in range(config.nodes) if i not in config.protected]
     picked = choose_byzantine(
         len(candidates), config.byzantine_fraction, seed=derive_seed(config.seed, _BYZANTINE)
     )
