@@ -6,6 +6,7 @@ Call sites pass fields with ``extra=``: ``log.info("round finished", extra={"rou
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
@@ -56,6 +57,7 @@ def _kv_value(value: Any) -> str:
 
 def configure_logging(level: str = "info", fmt: str = "kv", stream: TextIO | None = None) -> None:
     """Route all logging to `stream` (stderr) in format `fmt` ("kv" or "json") at `level`."""
+    _adopt_libp2p_loggers()
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else KeyValueFormatter())
     root = logging.getLogger()
@@ -66,3 +68,21 @@ def configure_logging(level: str = "info", fmt: str = "kv", stream: TextIO | Non
     root.setLevel(numeric)
     for name in _CHATTY:
         logging.getLogger(name).setLevel(numeric if numeric <= logging.DEBUG else logging.WARNING)
+
+
+def _adopt_libp2p_loggers() -> None:
+    """Send py-libp2p's records to the root handler like every other library's.
+
+    Importing libp2p configures its loggers: without ``LIBP2P_DEBUG`` the ``libp2p`` logger gets no
+    handler and ``propagate = False``, so its warnings reach stderr through logging's last-resort
+    handler as bare messages; with it, libp2p and the modules it names get their own stderr and
+    temp-file handlers, again in libp2p's format. Either way a daemon logging JSON would print lines
+    that are not JSON. libp2p is imported first (a later import would redo its setup), then its
+    loggers lose their handlers and propagate again; levels set by ``LIBP2P_DEBUG`` stay.
+    """
+    with contextlib.suppress(ImportError):
+        import libp2p  # noqa: F401
+    for name, logger in list(logging.Logger.manager.loggerDict.items()):
+        if isinstance(logger, logging.Logger) and name.split(".", 1)[0] == "libp2p":
+            logger.handlers.clear()
+            logger.propagate = True
