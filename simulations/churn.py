@@ -21,6 +21,7 @@ from typing import Literal
 import numpy as np
 
 from p2pfl.errors import ConfigError
+from simulations.field_types import reject_booleans
 
 Action = Literal["crash", "leave", "join", "partition", "heal"]
 _ACTIONS = ("crash", "leave", "join", "partition", "heal")
@@ -40,6 +41,7 @@ class ChurnEvent:
     nodes: tuple[int, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
+        reject_booleans(ChurnEvent, vars(self))
         if self.action not in _ACTIONS:
             raise ConfigError(f"churn.action must be one of {', '.join(_ACTIONS)}, got {self.action!r}")
         if self.action == "heal" and (self.fraction or self.nodes):
@@ -48,6 +50,8 @@ class ChurnEvent:
             raise ConfigError(f"churn.round must be >= {1 if self.action == 'join' else 0}, got {self.round}")
         if not 0.0 <= self.fraction <= 1.0:
             raise ConfigError(f"churn.fraction must be in [0, 1], got {self.fraction}")
+        if repeated := sorted({n for n in self.nodes if self.nodes.count(n) > 1}):
+            raise ConfigError(f"churn at round {self.round}: nodes {repeated} are listed more than once")
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from p2pfl.attacks import Attack, build_attack
 from p2pfl.attacks.registry import ATTACKS
 from p2pfl.errors import ConfigError
 from simulations.churn import ChurnEvent
+from simulations.field_types import reject_booleans
 from simulations.synthetic import synthetic_task
 from simulations.task import ACTIVATIONS, Task, digits_task
 from simulations.topology import check_size, load_topology, topology
@@ -111,6 +112,7 @@ class EmulationConfig:
         return frozenset({FL_SERVER}) if self.protocol == "fl" else frozenset()
 
     def __post_init__(self) -> None:
+        reject_booleans(EmulationConfig, vars(self))
         if self.nodes < 2:
             raise ConfigError(f"nodes must be >= 2, got {self.nodes}")
         if self.rounds < 1:
@@ -123,24 +125,24 @@ class EmulationConfig:
             raise ConfigError(f"evaluate_every must be >= 1 and divide rounds, got {self.evaluate_every}")
         if self.partition not in ("iid", "dirichlet", "classes"):
             raise ConfigError(f"partition must be 'iid', 'dirichlet' or 'classes', got {self.partition!r}")
-        if self.partition == "dirichlet" and not self.alpha > 0:
-            raise ConfigError(f"alpha must be > 0, got {self.alpha}")
+        if self.partition == "dirichlet" and not 0 < self.alpha < math.inf:
+            raise ConfigError(f"alpha must be > 0 and finite, got {self.alpha}")
         for name in ("local_steps", "batch_size", "fanout"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not self.lr > 0:
-            raise ConfigError(f"lr must be > 0, got {self.lr}")
+        if not 0 < self.lr < math.inf:
+            raise ConfigError(f"lr must be > 0 and finite, got {self.lr}")
         for name in ("latency", "seconds_per_step"):
-            if not getattr(self, name) >= 0:  # NaN too
-                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+            if not 0 <= getattr(self, name) < math.inf:  # NaN too
+                raise ConfigError(f"{name} must be >= 0 and finite, got {getattr(self, name)}")
         if not 0 < self.period < math.inf:  # event-driven protocols poll every period
             raise ConfigError(f"period must be > 0 and finite, got {self.period}")
         if self.bandwidth is not None and not self.bandwidth > 0:
             raise ConfigError(f"bandwidth must be > 0 bytes/s or None, got {self.bandwidth}")
         if not 0.0 <= self.loss < 1.0:
             raise ConfigError(f"loss must be in [0, 1), got {self.loss}")
-        if not self.speed_sigma >= 0:
-            raise ConfigError(f"speed_sigma must be >= 0, got {self.speed_sigma}")
+        if not 0 <= self.speed_sigma < math.inf:
+            raise ConfigError(f"speed_sigma must be >= 0 and finite, got {self.speed_sigma}")
 
         if self.seed < 0:  # numpy's SeedSequence refuses negative entries
             raise ConfigError(f"seed must be >= 0, got {self.seed}")
@@ -173,8 +175,8 @@ class EmulationConfig:
                 )
         if self.torch_threads < 1:
             raise ConfigError(f"torch_threads must be >= 1, got {self.torch_threads}")
-        if not self.stall_timeout > 0:
-            raise ConfigError(f"stall_timeout must be > 0, got {self.stall_timeout}")
+        if not 0 < self.stall_timeout < math.inf:  # a run whose nodes all hang would never end
+            raise ConfigError(f"stall_timeout must be > 0 and finite, got {self.stall_timeout}")
         protocol_params(self)  # raises ConfigError on bad params
         check_aggregation(self)
         if not 0.0 <= self.byzantine_fraction < 1.0:

@@ -28,7 +28,9 @@ from typing import Any
 from pydantic import ConfigDict, TypeAdapter, ValidationError, with_config
 
 from p2pfl.errors import ConfigError
+from simulations.churn import ChurnEvent
 from simulations.config import EmulationConfig, check_topology_size
+from simulations.field_types import reject_booleans
 from simulations.emulator import run_emulation
 from simulations.results import EmulationResult
 
@@ -86,6 +88,7 @@ def load_scenario(path: str | Path, *, seed: int | None = None) -> Scenario:
         names.add(name)
         merged = {**spec.base, **fields, **({"seed": seed} if seed is not None else {})}
         try:
+            _reject_booleans(merged)
             config = _CONFIG.validate_python(merged)
             check_topology_size(config)
         except ValidationError as exc:
@@ -122,6 +125,18 @@ class ScenarioResult:
 def run_scenario(scenario: Scenario) -> ScenarioResult:
     """Run every variant in order."""
     return ScenarioResult(scenario, {v.name: run_emulation(v.config) for v in scenario.variants})
+
+
+def _reject_booleans(fields: dict[str, Any]) -> None:
+    """`true`/`false` given for numbers, which pydantic would read as 1 and 0 (see `reject_booleans`)."""
+    reject_booleans(EmulationConfig, fields)
+    churn = fields.get("churn")
+    for index, event in enumerate(churn if isinstance(churn, list) else []):
+        if isinstance(event, dict):
+            try:
+                reject_booleans(ChurnEvent, event)
+            except ConfigError as exc:
+                raise ConfigError(f"churn.{index}: {exc}") from None
 
 
 def _describe(error: ValidationError) -> str:

@@ -38,3 +38,16 @@ def test_nodes_that_are_not_running_cannot_be_stopped():
         plan_churn([ChurnEvent(2, "crash", nodes=(9,))], 4, seed=0, protected=frozenset())
     with pytest.raises(ConfigError, match="out of range or protected"):
         plan_churn([ChurnEvent(2, "crash", nodes=(0,))], 4, seed=0, protected=frozenset({0}))
+
+
+def test_an_event_naming_a_node_twice_is_refused():
+    # A join listing node 3 twice started it twice; a crash listed it twice in the summary.
+    with pytest.raises(ConfigError, match=r"churn at round 5: nodes \[3\] are listed more than once"):
+        ChurnEvent(5, "join", nodes=(3, 4, 3))
+
+
+def test_booleans_are_not_numbers_in_an_event():
+    with pytest.raises(ConfigError, match="round must be a number, got true"):
+        ChurnEvent(True, "crash")
+    with pytest.raises(ConfigError, match=r"nodes\[1\] must be a number, got false"):
+        ChurnEvent(2, "crash", nodes=(1, False))

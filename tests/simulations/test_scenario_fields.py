@@ -72,13 +72,15 @@ BAD = [
     ("nodes", "nodes = 1", "nodes must be >= 2, got 1"),
     ("rounds", "rounds = 2.5", "rounds: Input should be a valid integer"),
     ("rounds", "rounds = 0", "rounds must be >= 1, got 0"),
+    ("rounds", "rounds = true", "rounds must be a number, got true"),  # not read as 1
     ("evaluate_every", "evaluate_every = 0", "evaluate_every must be >= 1 and divide rounds, got 0"),
     ("evaluate_every", "evaluate_every = 3", "evaluate_every must be >= 1 and divide rounds, got 3"),
     ("seed", 'seed = "seven"', "seed: Input should be a valid integer"),
     ("seed", "seed = -1", "seed must be >= 0, got -1"),  # numpy's SeedSequence would refuse it later
     ("torch_threads", "torch_threads = 0", "torch_threads must be >= 1, got 0"),
     ("stall_timeout", 'stall_timeout = "long"', "stall_timeout: Input should be a valid number"),
-    ("stall_timeout", "stall_timeout = 0", "stall_timeout must be > 0, got 0.0"),
+    ("stall_timeout", "stall_timeout = 0", "stall_timeout must be > 0 and finite, got 0.0"),
+    ("stall_timeout", "stall_timeout = inf", "stall_timeout must be > 0 and finite, got inf"),
     # topology
     ("topology", "topology = 3", "topology: Input should be a valid string"),
     ("topology", 'topology = "hypercube"', "topology: unknown name 'hypercube'"),
@@ -89,6 +91,7 @@ BAD = [
         "topology_params: ['degree'] not accepted by topology 'small_world'; it accepts ['k', 'p']",
     ),
     ("topology_params", 'topology_params = { k = "two" }', "topology_params.k.int: Input should be a valid"),
+    ("topology_params", "topology_params = { k = true, p = 0.2 }", "topology_params.k must be a number, got true"),
     ("topology_file", "topology_file = 3", "topology_file: Input should be a valid string"),
     ("topology_file", 'topology_file = "missing.graphml"', "topology_file: topology file missing.graphml"),
     ("topology_file", "nodes = 7", "topology_file"),  # the ring file has 6 nodes
@@ -106,7 +109,8 @@ BAD = [
     ("partition", 'partition = "skewed"', "partition must be 'iid', 'dirichlet' or 'classes', got 'skewed'"),
     ("partition", 'partition = "classes"', "partition 'classes' needs task 'digits_transfer'"),
     ("alpha", 'alpha = "low"', "alpha: Input should be a valid number"),
-    ("alpha", "alpha = 0", "alpha must be > 0, got 0.0"),
+    ("alpha", "alpha = 0", "alpha must be > 0 and finite, got 0.0"),
+    ("alpha", "alpha = inf", "alpha must be > 0 and finite, got inf"),
     ("classes_per_node", "classes_per_node = 0", "classes_per_node must be an integer in [1, 10], got 0"),
     ("classes_per_node", "classes_per_node = 11", "classes_per_node must be an integer in [1, 10], got 11"),
     ("init", "init = true", "init: Input should be a valid string"),
@@ -126,8 +130,10 @@ BAD = [
     ("batch_size", 'batch_size = "all"', "batch_size: Input should be a valid integer"),
     ("batch_size", '[[variants]]\nname = "ok"\n[[variants]]\nname = "big"\nbatch_size = 0', "(big): batch"),
     ("lr", 'lr = "fast"', "lr: Input should be a valid number"),
-    ("lr", '[[variants]]\nname = "fast"\nlr = -0.1', "variants[0] (fast): lr must be > 0, got -0.1"),
-    ("lr", "lr = nan", "lr must be > 0, got nan"),
+    ("lr", '[[variants]]\nname = "fast"\nlr = -0.1', "variants[0] (fast): lr must be > 0 and finite, got -0.1"),
+    ("lr", "lr = nan", "lr must be > 0 and finite, got nan"),
+    ("lr", "lr = inf", "lr must be > 0 and finite, got inf"),
+    ("lr", "lr = true", "lr must be a number, got true"),
     # protocol
     ("protocol", "protocol = 2", "protocol: Input should be a valid string"),
     ("protocol", 'protocol = "flood"', "protocol must be one of ['dpsgd', 'fl', 'gossip', 'modest']"),
@@ -153,6 +159,8 @@ BAD = [
     ("churn", 'churn = [{ round = 1, action = "leave", fraction = 2 }]', "churn.fraction must be in [0, 1]"),
     ("churn", 'churn = [{ round = 1, action = "heal", nodes = [1] }]', "churn: heal takes no fraction or"),
     ("churn", 'churn = [{ round = 1, action = "crash", nodes = [6] }]', "nodes [6] are not in [0, 6)"),
+    ("churn", 'churn = [{ round = 1, action = "crash", nodes = [3, 3] }]', "nodes [3] are listed more than once"),
+    ("churn", 'churn = [{ round = true, action = "crash" }]', "churn.0: round must be a number, got true"),
     # GOOD's churn has a join, which only MoDeST supports
     ("churn", 'protocol = "gossip"\nprotocol_params = {}', "churn: join is supported with protocol 'modest'"),
     # Byzantine nodes
@@ -177,14 +185,16 @@ BAD = [
     ),
     # network and compute
     ("latency", 'latency = "low"', "latency: Input should be a valid number"),
-    ("latency", "latency = -0.01", "latency must be >= 0, got -0.01"),
-    ("latency", "latency = nan", "latency must be >= 0, got nan"),
+    ("latency", "latency = -0.01", "latency must be >= 0 and finite, got -0.01"),
+    ("latency", "latency = nan", "latency must be >= 0 and finite, got nan"),
+    ("latency", "latency = inf", "latency must be >= 0 and finite, got inf"),
     ("bandwidth", 'bandwidth = "fast"', "bandwidth: Input should be a valid number"),
     ("bandwidth", "bandwidth = 0", "bandwidth must be > 0 bytes/s or None, got 0.0"),
     ("loss", "loss = 1.0", "loss must be in [0, 1), got 1.0"),
     ("loss", "loss = -0.1", "loss must be in [0, 1), got -0.1"),
-    ("speed_sigma", "speed_sigma = -0.5", "speed_sigma must be >= 0, got -0.5"),
-    ("seconds_per_step", "seconds_per_step = -1", "seconds_per_step must be >= 0, got -1.0"),
+    ("speed_sigma", "speed_sigma = -0.5", "speed_sigma must be >= 0 and finite, got -0.5"),
+    ("speed_sigma", "speed_sigma = inf", "speed_sigma must be >= 0 and finite, got inf"),
+    ("seconds_per_step", "seconds_per_step = -1", "seconds_per_step must be >= 0 and finite, got -1.0"),
     # what is recorded and how
     ("consensus", "consensus = [true]", "consensus: Input should be a valid boolean"),
     ("record_nodes", "record_nodes = { on = true }", "record_nodes: Input should be a valid boolean"),
@@ -261,3 +271,9 @@ def test_topology_values_that_allow_no_graph_fail_on_load(tmp_path, base, messag
     with pytest.raises(ConfigError) as error:
         load_scenario(path)
     assert str(error.value).startswith(f"{path}: variants[0] (v): ") and message in str(error.value)
+
+
+@pytest.mark.parametrize(("field", "value"), [("rounds", True), ("lr", False), ("hidden", (8, True))])
+def test_python_configs_refuse_booleans_for_numbers_too(field, value):
+    with pytest.raises(ConfigError, match=rf"{field}(\[1\])? must be a number, got (true|false)"):
+        EmulationConfig(**{field: value})
