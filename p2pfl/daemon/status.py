@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
 from collections.abc import Callable
 from http import HTTPStatus
@@ -113,4 +114,17 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 def _json(document: dict[str, Any]) -> bytes:
-    return (json.dumps(document, indent=2, sort_keys=True) + "\n").encode()
+    """`document` as strict JSON: ``json.dumps`` would write a diverged model's NaN loss as ``NaN``,
+    which is no JSON and which most clients (browsers, jq, Go) refuse, so non-finite floats are null."""
+    return (json.dumps(_finite(document), indent=2, sort_keys=True, allow_nan=False) + "\n").encode()
+
+
+def _finite(value: Any) -> Any:
+    """`value` with every NaN or infinite float, however deeply nested, replaced by None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(item) for item in value]
+    return value

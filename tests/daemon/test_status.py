@@ -134,3 +134,22 @@ def test_status_cli_says_when_no_daemon_runs(tmp_path, server):
     assert result.exit_code == 1 and "is the daemon running?" in result.output
     result = CliRunner().invoke(main, ["status"])
     assert result.exit_code == 2 and "exactly one of --data-dir and --url" in result.output
+
+
+def test_a_diverged_model_gives_null_not_nan(server):
+    nan, inf = float("nan"), float("inf")
+    server.state["document"] = {
+        **DOCUMENT,
+        "loss": nan,
+        "history": [{"round": 12, "accuracy": 0.1, "loss": inf}],
+        "reputation": {"12D3KooWPeerA": -inf},
+    }
+    code, _, body = get(server.url + "/status")
+
+    def refuse(constant):
+        raise ValueError(f"not JSON: {constant}")
+
+    document = json.loads(body, parse_constant=refuse)  # strict JSON, as browsers and jq read it
+    assert code == 200 and document["loss"] is None and document["accuracy"] == 0.91
+    assert document["history"] == [{"round": 12, "accuracy": 0.1, "loss": None}]
+    assert document["reputation"] == {"12D3KooWPeerA": None}
