@@ -30,8 +30,8 @@ from pydantic import ConfigDict, TypeAdapter, ValidationError, with_config
 from p2pfl.errors import ConfigError
 from simulations.churn import ChurnEvent
 from simulations.config import EmulationConfig, check_topology_size
-from simulations.field_types import reject_booleans
 from simulations.emulator import run_emulation
+from simulations.field_types import reject_booleans
 from simulations.results import EmulationResult
 
 

