@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -168,6 +169,8 @@ def status(data_dir: Path | None, url: str | None, as_json: bool, timeout: float
         raise click.UsageError("give exactly one of --data-dir and --url")
     if data_dir is not None:
         url = _status_url(data_dir)
+    elif not _is_http_url(url):
+        raise click.BadParameter(f"{url!r} is not an http:// URL", param_hint="'--url'")
     assert url is not None
     endpoint = url.rstrip("/") + ("" if url.rstrip("/").endswith("/status") else "/status")
     try:
@@ -190,6 +193,7 @@ def status(data_dir: Path | None, url: str | None, as_json: bool, timeout: float
 
 
 def _status_url(data_dir: Path) -> str:
+    """The status URL in the data dir's status.json; any fault of that file is an error naming it."""
     path = data_dir / "status.json"
     try:
         info = json.loads(path.read_text())
@@ -197,11 +201,25 @@ def _status_url(data_dir: Path) -> str:
         raise click.ClickException(
             f"{path} does not exist: no daemon is running with this data dir"
         ) from None
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError) as exc:  # ValueError: not UTF-8, or not JSON
         raise click.ClickException(f"cannot read {path}: {exc}") from exc
-    if not info.get("url"):
+    if not isinstance(info, dict):
+        raise click.ClickException(f"{path} is not a daemon's status file: it holds no JSON object")
+    url = info.get("url")
+    if url is None:
         raise click.ClickException(f"the daemon of {data_dir} (pid {info.get('pid')}) has no status endpoint")
-    return str(info["url"])
+    if not _is_http_url(url):
+        raise click.ClickException(f"{path} is not a daemon's status file: url {url!r} is not an http:// URL")
+    return str(url)
+
+
+def _is_http_url(url: object) -> bool:
+    """Whether `url` is something urlopen can query (it raises a bare ValueError on anything else)."""
+    try:
+        parts = urllib.parse.urlsplit(url) if isinstance(url, str) else None
+    except ValueError:  # e.g. an unclosed [IPv6 bracket
+        return False
+    return parts is not None and parts.scheme in ("http", "https") and bool(parts.netloc)
 
 
 def _summary(s: dict[str, Any]) -> str:

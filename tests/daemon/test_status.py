@@ -153,3 +153,28 @@ def test_a_diverged_model_gives_null_not_nan(server):
     assert code == 200 and document["loss"] is None and document["accuracy"] == 0.91
     assert document["history"] == [{"round": 12, "accuracy": 0.1, "loss": None}]
     assert document["reputation"] == {"12D3KooWPeerA": None}
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (b"{not json", "cannot read"),
+        (b"\xff\xfe", "cannot read"),
+        (b"[1, 2]", "is not a daemon's status file: it holds no JSON object"),
+        (b'{"pid": 7, "url": 5}', "is not a daemon's status file: url 5 is not an http:// URL"),
+        (b'{"pid": 7, "url": "nonsense"}', "is not a daemon's status file: url 'nonsense' is not"),
+    ],
+)
+def test_status_cli_names_a_malformed_status_file(tmp_path, content, reason):
+    (tmp_path / "status.json").write_bytes(content)
+    result = CliRunner().invoke(main, ["status", "--data-dir", str(tmp_path)])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    (line,) = result.output.splitlines()
+    assert line.startswith("Error: ") and str(tmp_path / "status.json") in line and reason in line
+
+
+def test_status_cli_refuses_a_url_that_is_not_http():
+    result = CliRunner().invoke(main, ["status", "--url", "localhost:9464"])
+    assert result.exit_code == 2 and "Invalid value for '--url': 'localhost:9464' is not an http:// URL" in (
+        result.output
+    )
