@@ -1,12 +1,14 @@
 """`node.toml`: the node daemon's configuration, validated by pydantic.
 
 Unknown keys are errors, not silently ignored, and every error names its field (``task.shard.index:
-...``), so a typo in a config file fails at start instead of changing nothing. See docs/daemon.md for
+...``), so a typo in a config file fails at start instead of changing nothing. Values are not coerced
+between types either: `rounds = true` or `port = "8080"` is an error, not 1 or 8080. See docs/daemon.md for
 the reference and an example file. Relative paths (`data_dir`) are relative to the config file.
 """
 
 from __future__ import annotations
 
+import json
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -21,6 +23,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import ErrorDetails
 
 from gossip.modest_settings import ModestSettings
 from p2pfl.errors import ConfigError
@@ -88,7 +91,9 @@ Participant = Annotated[str, AfterValidator(_check_participant)]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: pydantic's lax mode would read `true` as the int 1 (bool is an int in Python), "3" as 3
+    # and 1 as true; TOML already gives every value its type, so a mismatch is the file's mistake.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class ShardConfig(_Strict):
@@ -294,7 +299,7 @@ class PenaltiesConfig(_Strict):
 
 
 class NodeConfig(_Strict):
-    data_dir: Path
+    data_dir: Annotated[Path, Field(strict=False)]  # strict would take a Path object only, not a string
     listen: Annotated[list[ListenAddr], Field(min_length=1)] = ["/ip4/127.0.0.1/tcp/0"]
     announce: list[Multiaddr] | None = None
     bootstrap: list[PeerAddr] = []
@@ -370,10 +375,28 @@ def _describe(exc: ValidationError) -> str:
         literal_branch = any(isinstance(part, str) and part.startswith("literal[") for part in loc)
         loc = [part for part in loc if not (isinstance(part, str) and "[" in part)]
         field = ".".join(str(part) for part in loc) or "(top level)"
-        found.append((field, error["msg"].removeprefix("Value error, "), literal_branch))
+        found.append((field, _message(error), literal_branch))
     lines = []
     for field, message, literal_branch in found:
         if literal_branch and any(f.startswith(field) and not lit for f, _, lit in found):
             continue
         lines.append(f"  {field}: {message}")
     return "\n".join(lines)
+
+
+# What a value of the wrong type should have been, by pydantic's strict-mode error type.
+_EXPECTED = {
+    "int_type": "an integer",
+    "float_type": "a number",
+    "bool_type": "true or false",
+    "string_type": "a string",
+}
+
+
+def _message(error: ErrorDetails) -> str:
+    """pydantic's message, or for a value of the wrong type what was expected and the value as written
+    in TOML (`true`, not pydantic's "Input should be a valid integer" for `rounds = true`)."""
+    expected = _EXPECTED.get(error["type"])
+    if expected is None:
+        return error["msg"].removeprefix("Value error, ")
+    return f"expected {expected}, got {json.dumps(error['input'], default=str)}"

@@ -96,6 +96,29 @@ def test_errors_name_the_field(tmp_path, change, field):
     assert field in errors_of(data)
 
 
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"protocol": {"name": "gossip", "rounds": True}}, "protocol.rounds: expected an integer, got true"),
+        (
+            {"protocol": {"name": "modest", "rounds": 5, "s": False}},
+            "protocol.s: expected an integer, got false",
+        ),
+        ({"training": {"lr": True}}, "training.lr: expected a number, got true"),
+        ({"model": {"hidden": [32, True]}}, "model.hidden.1: expected an integer, got true"),
+        ({"task": {"shard": {"index": 0, "of": 2, "seed": True}}}, "task.shard.seed: expected an integer"),
+        ({"status": {"port": "8080"}}, 'status.port: expected an integer, got "8080"'),
+        ({"protocol": {"name": "gossip", "rounds": 2.0}}, "protocol.rounds: expected an integer, got 2.0"),
+        ({"checkpoint": {"enabled": 1}}, "checkpoint.enabled: expected true or false, got 1"),
+    ],
+)
+def test_values_of_the_wrong_type_are_not_coerced(tmp_path, change, message):
+    """bool is an int in Python, and pydantic would read `rounds = true` as 1 and "8080" as 8080."""
+    data = node_settings(tmp_path)
+    data.update(change)
+    assert message in errors_of(data)
+
+
 def test_all_errors_are_reported_at_once(tmp_path):
     data = node_settings(tmp_path, training={"lr": 0, "batch_size": 0})
     message = errors_of(data)
