@@ -37,6 +37,20 @@ def test_keygen_refuses_a_key_others_can_read(tmp_path):
     assert result.exit_code == 1 and "chmod 600" in result.output
 
 
+def test_keygen_reports_filesystem_errors_in_one_line_naming_the_path(tmp_path):
+    (tmp_path / "dir" / "identity.key").mkdir(parents=True)
+    (tmp_path / "file").write_text("")
+    not_a_dir = tmp_path / "file" / "node"
+    cases = {
+        tmp_path / "dir": f"Error: identity key {tmp_path / 'dir' / 'identity.key'} is not a regular file",
+        not_a_dir: f"Error: cannot create identity key {not_a_dir / 'identity.key'}: Not a directory",
+    }
+    for data_dir, error in cases.items():
+        result = CliRunner().invoke(main, ["keygen", "--data-dir", str(data_dir)])
+        assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+        assert result.output.splitlines() == [error]
+
+
 def test_help_lists_the_daemon_commands_and_the_plugins():
     result = CliRunner().invoke(main, ["--help"])
     assert result.exit_code == 0

@@ -1,4 +1,5 @@
 import os
+import re
 import stat
 
 import pytest
@@ -42,3 +43,20 @@ def test_garbage_key_file_is_a_key_file_error(tmp_path):
     os.close(fd)
     with pytest.raises(KeyFileError, match="not a libp2p private key"):
         load_or_create_key_pair(tmp_path)
+
+
+def test_a_key_path_that_is_a_directory_is_a_key_file_error_naming_it(tmp_path):
+    (tmp_path / KEY_FILE_NAME).mkdir()
+    expected = f"identity key {tmp_path / KEY_FILE_NAME} is not a regular file"
+    with pytest.raises(KeyFileError, match=f"^{re.escape(expected)}$"):
+        load_or_create_key_pair(tmp_path)
+
+
+def test_a_key_dir_that_cannot_be_made_is_a_key_file_error_naming_the_key(tmp_path):
+    (tmp_path / "file").write_text("")
+    key = tmp_path / "file" / "data" / KEY_FILE_NAME
+    with pytest.raises(
+        KeyFileError, match=f"^{re.escape(f'cannot create identity key {key}: Not a directory')}$"
+    ) as info:
+        load_or_create_key_pair(key.parent)
+    assert isinstance(info.value.__cause__, NotADirectoryError)

@@ -36,34 +36,24 @@ def load_or_create_key_pair(key_dir: str | os.PathLike[str]) -> KeyPair:
     """The key pair stored in `key_dir`, created (with the directory) on first use.
 
     Raises `InsecureKeyFile` if the key file is readable or writable by group or others, and
-    `KeyFileError` if it is not a libp2p Ed25519 private key.
+    `KeyFileError`, naming the file, if it cannot be created or read (filesystem errors included)
+    or is not a libp2p Ed25519 private key.
     """
     directory = Path(key_dir)
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     path = directory / KEY_FILE_NAME
-    if not path.exists():
-        _create(path)
+    try:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if not path.exists():
+            _create(path)
+    except OSError as exc:  # a parent that is a file, a directory we may not write to, a full disk...
+        raise KeyFileError(f"cannot create identity key {path}: {exc.strerror or exc}") from exc
     return load_key_pair(path)
 
 
 def load_key_pair(path: str | os.PathLike[str]) -> KeyPair:
     """The key pair in the key file at `path` (libp2p protobuf private-key bytes), after a mode check."""
     path = Path(path)
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-    except OSError as exc:
-        raise KeyFileError(f"cannot open identity key {path}: {exc}") from exc
-    with os.fdopen(fd, "rb") as file:
-        info = os.fstat(file.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            raise KeyFileError(f"identity key {path} is not a regular file")
-        if os.name == "posix" and info.st_mode & 0o077:
-            raise InsecureKeyFile(
-                f"identity key {path} has mode {stat.S_IMODE(info.st_mode):04o}: other users may read "
-                f"the node's private key; restrict it with `chmod 600 {path}` (or delete it to make a "
-                "new identity, which changes the peer ID)"
-            )
-        data = file.read(_MAX_KEY_FILE_BYTES + 1)
+    data = _read_key_file(path)
     if len(data) > _MAX_KEY_FILE_BYTES:
         raise KeyFileError(f"identity key {path} is larger than any key ({len(data)}+ bytes)")
     try:
@@ -73,6 +63,35 @@ def load_key_pair(path: str | os.PathLike[str]) -> KeyPair:
     if private_key.get_type() is not KeyType.Ed25519:
         raise KeyFileError(f"identity key {path} is a {private_key.get_type().name} key, not Ed25519")
     return KeyPair(private_key, private_key.get_public_key())
+
+
+def _read_key_file(path: Path) -> bytes:
+    """The first bytes of the key file at `path`, once it is known to be a private regular file.
+
+    The file is checked through the descriptor it is read from (no swap in between), and read with
+    `os.read`: a file object made of a directory's descriptor fails with "Is a directory: <fd>".
+    O_NONBLOCK keeps a FIFO put in the key's place from blocking the open until a writer comes.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        raise KeyFileError(f"cannot open identity key {path}: {exc.strerror or exc}") from exc
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise KeyFileError(f"identity key {path} is not a regular file")
+        if os.name == "posix" and info.st_mode & 0o077:
+            raise InsecureKeyFile(
+                f"identity key {path} has mode {stat.S_IMODE(info.st_mode):04o}: other users may read "
+                f"the node's private key; restrict it with `chmod 600 {path}` (or delete it to make a "
+                "new identity, which changes the peer ID)"
+            )
+        return os.read(fd, _MAX_KEY_FILE_BYTES + 1)  # a regular file: one read gets it all
+    except OSError as exc:
+        raise KeyFileError(f"cannot read identity key {path}: {exc.strerror or exc}") from exc
+    finally:
+        os.close(fd)
 
 
 def _create(path: Path) -> None:
