@@ -8,9 +8,11 @@ waits for all s models forever. Use sf < 1, a > 1 or an `aggregation_timeout` to
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from typing import Any
 
-__all__ = ["ModestSettings"]
+__all__ = ["ModestSettings", "setting_problem"]
 
 
 def _is_int(value: object) -> bool:
@@ -21,6 +23,85 @@ def _is_seconds(value: object) -> bool:
     return (
         isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value > 0
     )
+
+
+def _models_needed(s: int, sf: float) -> int:
+    """ceil(s * sf), rounded so that float error cannot add one (s=10, sf=0.3 gives 3, not 4)."""
+    return max(1, math.ceil(round(s * sf, 9)))
+
+
+def _s(value: object, valid: Mapping[str, Any]) -> str | None:
+    return None if _is_int(value) and value >= 1 else f"must be an int >= 1, got {value!r}"
+
+
+def _a(value: object, valid: Mapping[str, Any]) -> str | None:
+    if "s" not in valid:
+        return _s(value, valid)
+    s = valid["s"]
+    return None if _is_int(value) and 1 <= value <= s else f"must be an int in [1, s={s}], got {value!r}"
+
+
+def _sf(value: object, valid: Mapping[str, Any]) -> str | None:
+    number = isinstance(value, int | float) and not isinstance(value, bool) and not math.isnan(value)
+    return None if number and 0 < value <= 1 else f"must be in (0, 1], got {value!r}"
+
+
+def _seconds(value: object, valid: Mapping[str, Any]) -> str | None:
+    return None if _is_seconds(value) else f"must be a finite number of seconds > 0, got {value!r}"
+
+
+def _optional_seconds(value: object, valid: Mapping[str, Any]) -> str | None:
+    if value is None or _is_seconds(value):
+        return None
+    return f"must be None or a finite number of seconds > 0, got {value!r}"
+
+
+def _rounds(value: object, valid: Mapping[str, Any]) -> str | None:
+    return None if _is_int(value) and value >= 0 else f"must be an int >= 0, got {value!r}"
+
+
+def _min_models(value: object, valid: Mapping[str, Any]) -> str | None:
+    if "s" not in valid or "sf" not in valid:
+        return _s(value, valid)
+    needed = _models_needed(valid["s"], valid["sf"])
+    if _is_int(value) and 1 <= value <= needed:
+        return None
+    return f"must be an int in [1, models_needed={needed}], got {value!r}"
+
+
+def _start_depth(value: object, valid: Mapping[str, Any]) -> str | None:
+    if value is None:
+        return None
+    if "s" not in valid:
+        return None if _is_int(value) else f"must be None or an int, got {value!r}"
+    s = valid["s"]
+    return None if _is_int(value) and value >= s else f"must be None or an int >= s={s}, got {value!r}"
+
+
+# One check per setting, in field order: a bound on another setting (a <= s) comes after it.
+_CHECKS: dict[str, Callable[[object, Mapping[str, Any]], str | None]] = {
+    "s": _s,
+    "a": _a,
+    "sf": _sf,
+    "ping_timeout": _seconds,
+    "ping_interval": _seconds,
+    "inactivity_threshold": _rounds,
+    "aggregation_timeout": _optional_seconds,
+    "min_models": _min_models,
+    "round_timeout": _optional_seconds,
+    "start_depth": _start_depth,
+}
+
+
+def setting_problem(name: str, value: object, valid: Mapping[str, Any]) -> str | None:
+    """What is wrong with `value` for the setting `name` ("must be ..., got ..."), or None.
+
+    `valid` holds the settings before `name` that were found valid; a bound on one of those that is
+    missing from it (because it was wrong itself) is not checked, so one bad `s` is one problem, not
+    one for every setting bounded by it. Checking settings one by one lets a caller report every
+    problem under its own name (the daemon's config does).
+    """
+    return _CHECKS[name](value, valid)
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,45 +141,19 @@ class ModestSettings:
     start_depth: int | None = None
 
     def __post_init__(self) -> None:
-        if not _is_int(self.s) or self.s < 1:
-            raise ValueError(f"s must be an int >= 1, got {self.s!r}")
-        if not _is_int(self.a) or not 1 <= self.a <= self.s:
-            raise ValueError(f"a must be an int in [1, s={self.s}], got {self.a!r}")
-        if (
-            not isinstance(self.sf, int | float)
-            or isinstance(self.sf, bool)
-            or math.isnan(self.sf)
-            or not 0 < self.sf <= 1
-        ):
-            raise ValueError(f"sf must be in (0, 1], got {self.sf!r}")
-        if not _is_seconds(self.ping_timeout):
-            raise ValueError(
-                f"ping_timeout must be a finite number of seconds > 0, got {self.ping_timeout!r}"
-            )
-        if not _is_seconds(self.ping_interval):
-            raise ValueError(
-                f"ping_interval must be a finite number of seconds > 0, got {self.ping_interval!r}"
-            )
-        if not _is_int(self.inactivity_threshold) or self.inactivity_threshold < 0:
-            raise ValueError(f"inactivity_threshold must be an int >= 0, got {self.inactivity_threshold!r}")
-        if self.aggregation_timeout is not None and not _is_seconds(self.aggregation_timeout):
-            raise ValueError(
-                "aggregation_timeout must be None or a finite number of seconds > 0, "
-                f"got {self.aggregation_timeout!r}"
-            )
-        if self.round_timeout is not None and not _is_seconds(self.round_timeout):
-            raise ValueError(
-                f"round_timeout must be None or a finite number of seconds > 0, got {self.round_timeout!r}"
-            )
-        if self.start_depth is not None and (not _is_int(self.start_depth) or self.start_depth < self.s):
-            raise ValueError(f"start_depth must be None or an int >= s={self.s}, got {self.start_depth!r}")
-        if not _is_int(self.min_models) or not 1 <= self.min_models <= self.models_needed:
-            raise ValueError(
-                f"min_models must be an int in [1, models_needed={self.models_needed}], "
-                f"got {self.min_models!r}"
-            )
+        valid: dict[str, object] = {}
+        problems = []
+        for field in fields(self):
+            value = getattr(self, field.name)
+            problem = setting_problem(field.name, value, valid)
+            if problem is None:
+                valid[field.name] = value
+            else:
+                problems.append(f"{field.name} {problem}")
+        if problems:
+            raise ValueError("; ".join(problems))
 
     @property
     def models_needed(self) -> int:
         """ceil(s * sf), rounded so that float error cannot add one (s=10, sf=0.3 gives 3, not 4)."""
-        return max(1, math.ceil(round(self.s * self.sf, 9)))
+        return _models_needed(self.s, self.sf)

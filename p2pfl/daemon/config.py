@@ -20,12 +20,13 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 from pydantic_core import ErrorDetails
 
-from gossip.modest_settings import ModestSettings
+from gossip.modest_settings import ModestSettings, setting_problem
 from p2pfl.errors import ConfigError
 from transport.body_codec import COMPRESSIONS, CompressionConfig
 from transport.compression import MAX_BLOCK
@@ -176,7 +177,7 @@ class ModestProtocolConfig(_Strict):
     # True advertises a leave on SIGTERM. A node that left is not sampled again after a restart
     # (MoDeST has no re-join yet), so a daemon that may come back keeps this False.
     leave_on_stop: bool = False
-    # ModestSettings' fields, flat in the table; its defaults, and its validation (`settings`).
+    # ModestSettings' fields, flat in the table and in its order; its defaults and its checks.
     s: int = _MODEST_DEFAULTS.s
     a: int = _MODEST_DEFAULTS.a
     sf: float = _MODEST_DEFAULTS.sf
@@ -195,10 +196,16 @@ class ModestProtocolConfig(_Strict):
             raise ValueError(f'must be "discovered" or a non-empty list of peers, got {value!r}')
         return value
 
-    @model_validator(mode="after")
-    def _settings_valid(self) -> ModestProtocolConfig:
-        self.settings()
-        return self
+    @field_validator(*ModestSettings.__dataclass_fields__)
+    @classmethod
+    def _setting(cls, value: object, info: ValidationInfo) -> object:
+        """Each setting checked on its own, so that every bad one is reported under its own name;
+        a bound on an earlier setting (a <= s) sees it in `info.data` only if it was valid."""
+        assert info.field_name is not None
+        problem = setting_problem(info.field_name, value, info.data)
+        if problem is not None:
+            raise ValueError(problem)
+        return value
 
     def settings(self) -> ModestSettings:
         names = ModestSettings.__dataclass_fields__

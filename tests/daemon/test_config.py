@@ -57,7 +57,7 @@ def test_the_shard_index_seeds_batches_and_peer_choice_unless_given(tmp_path):
         ({"protocol": {"name": "flood", "rounds": 5}}, "protocol:"),
         (
             {"protocol": {"name": "modest", "rounds": 5, "s": 2, "a": 3}},
-            "protocol: a must be an int in [1, s=2]",
+            "protocol.a: must be an int in [1, s=2], got 3",
         ),
         ({"protocol": {"name": "modest", "rounds": 5, "participants": []}}, "protocol.participants:"),
         (
@@ -123,6 +123,25 @@ def test_all_errors_are_reported_at_once(tmp_path):
     data = node_settings(tmp_path, training={"lr": 0, "batch_size": 0})
     message = errors_of(data)
     assert "training.lr:" in message and "training.batch_size:" in message
+
+
+def test_every_bad_modest_setting_is_reported_under_its_own_name(tmp_path):
+    settings = {"s": 2, "a": 3, "sf": 2.0, "ping_timeout": -1, "start_depth": 1}
+    protocol = {"name": "modest", "rounds": 5, **settings}
+    lines = errors_of(node_settings(tmp_path, protocol=protocol)).splitlines()[1:]
+    assert lines == [
+        "  protocol.a: must be an int in [1, s=2], got 3",
+        "  protocol.sf: must be in (0, 1], got 2.0",
+        "  protocol.ping_timeout: must be a finite number of seconds > 0, got -1.0",
+        "  protocol.start_depth: must be None or an int >= s=2, got 1",
+    ]
+
+
+def test_a_bound_on_a_bad_modest_setting_is_not_checked_against_it(tmp_path):
+    """With s itself wrong, `a` and `min_models` have no bound to be checked against: one error, not three."""
+    protocol = {"name": "modest", "rounds": 5, "s": 0, "a": 3, "min_models": 2}
+    lines = errors_of(node_settings(tmp_path, protocol=protocol)).splitlines()[1:]
+    assert lines == ["  protocol.s: must be an int >= 1, got 0"]
 
 
 def test_compression_and_penalties_become_the_transports_settings(tmp_path):

@@ -286,6 +286,11 @@ def test_settings_refuse_bad_values_naming_the_field(field, value):
         ModestSettings(**{field: value})
 
 
+def test_settings_report_every_bad_value_at_once():
+    with pytest.raises(ValueError, match=r"^a must be .*, got 3; sf must be in \(0, 1\], got 2$"):
+        ModestSettings(s=2, a=3, sf=2)
+
+
 def test_settings_accept_a_stall_proof_configuration():
     s = ModestSettings(s=8, a=2, sf=0.75, aggregation_timeout=30.0, min_models=4, inactivity_threshold=0)
     assert s.models_needed == 6
