@@ -49,6 +49,19 @@ def main(verbose: int) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
+def _address_without_peer(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """`--addr` checked before any key is made: a multiaddr without /p2p/, as keygen appends its own."""
+    from transport.libp2p.host import parse_multiaddrs
+
+    try:
+        (parsed,) = parse_multiaddrs([value.rstrip("/")])
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    if "p2p" in {protocol.name for protocol in parsed.protocols()}:
+        raise click.BadParameter(f"{value!r} has a /p2p/ part; give the address alone (the peer ID is added)")
+    return str(parsed)
+
+
 @main.command()
 @click.option(
     "--data-dir",
@@ -60,6 +73,7 @@ def main(verbose: int) -> None:
     "--addr",
     default="/ip4/127.0.0.1/tcp/4001",
     show_default=True,
+    callback=_address_without_peer,
     help="The address the node will listen on, for the printed bootstrap address.",
 )
 def keygen(data_dir: Path, addr: str) -> None:
@@ -74,7 +88,7 @@ def keygen(data_dir: Path, addr: str) -> None:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"{'existing' if existed else 'new'} identity in {data_dir / KEY_FILE_NAME}")
     click.echo(f"peer id: {peer_id}")
-    click.echo(f"bootstrap address: {addr.rstrip('/')}/p2p/{peer_id}")
+    click.echo(f"bootstrap address: {addr}/p2p/{peer_id}")
     click.echo("  (give it to other nodes as `bootstrap`, with the IP and port this node listens on)")
 
 

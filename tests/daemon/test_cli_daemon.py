@@ -13,6 +13,8 @@ from daemon_helpers import node_settings
 from p2pfl.cli import main
 from p2pfl.daemon import runner
 
+PEER = "12D3KooWQHc8dpc8q81pz3Dc961NYcYqqv7AHZd6bF1yYffTVtWJ"
+
 
 def test_keygen_creates_an_identity_once_and_prints_a_bootstrap_address(tmp_path):
     data_dir = tmp_path / "node"
@@ -49,6 +51,21 @@ def test_keygen_reports_filesystem_errors_in_one_line_naming_the_path(tmp_path):
         result = CliRunner().invoke(main, ["keygen", "--data-dir", str(data_dir)])
         assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
         assert result.output.splitlines() == [error]
+
+
+@pytest.mark.parametrize(
+    ("addr", "reason"),
+    [
+        ("garbage", "not a multiaddr: 'garbage'"),
+        ("/ip4/10.0.0/tcp/4001", "not a multiaddr: '/ip4/10.0.0/tcp/4001'"),
+        (f"/ip4/10.0.0.5/tcp/4001/p2p/{PEER}", f"'/ip4/10.0.0.5/tcp/4001/p2p/{PEER}' has a /p2p/ part"),
+    ],
+)
+def test_keygen_refuses_a_bad_addr_as_a_usage_error_before_making_a_key(tmp_path, addr, reason):
+    result = CliRunner().invoke(main, ["keygen", "--data-dir", str(tmp_path / "node"), "--addr", addr])
+    assert result.exit_code == 2, result.output
+    assert f"Error: Invalid value for '--addr': {reason}" in result.output
+    assert not (tmp_path / "node").exists()
 
 
 def test_help_lists_the_daemon_commands_and_the_plugins():
