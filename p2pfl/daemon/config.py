@@ -82,7 +82,22 @@ def _check_listen_addr(text: str) -> str:
 def _check_participant(text: str) -> str:
     if not text:
         raise ValueError("must be a peer ID or a full multiaddr, got an empty string")
-    return _check_peer_addr(text) if text.startswith("/") else text
+    return _check_peer_addr(text) if text.startswith("/") else _peer_id(text)
+
+
+def _peer_id(text: str) -> str:
+    """`text` as the base58 peer ID the transport names peers by (a CIDv1 becomes that form too).
+
+    The check is the one multiaddr gives the /p2p/ part of a bootstrap address: a multihash, so
+    that a typo fails at start instead of leaving MoDeST waiting for a peer that cannot exist.
+    """
+    bad = ValueError(f"{text!r} is not a peer ID (12D3KooW..., Qm...)")
+    if "/" in text:  # "<id>/tcp/1" would parse, as more than a peer ID
+        raise bad
+    try:
+        return str(multiaddr.Multiaddr(f"/p2p/{text}").value_for_protocol("p2p"))
+    except Exception:
+        raise bad from None
 
 
 Multiaddr = Annotated[str, AfterValidator(_check_multiaddr)]

@@ -167,6 +167,21 @@ def test_modest_participants_may_be_peer_ids_or_full_addresses(tmp_path):
     assert message.endswith("protocol.participants.0: '/ip4/10.0.0.1/tcp/4001' must end in /p2p/<peer id>")
 
 
+@pytest.mark.parametrize("bad", ["bob", PEER[:-1], "1" + PEER, f"{PEER}/tcp/4001"])
+def test_modest_participants_must_be_peer_ids(tmp_path, bad):
+    """A string that is no peer ID would never answer a ping: the node would wait at round 0 forever."""
+    protocol = {"name": "modest", "rounds": 5, "participants": [PEER, bad]}
+    message = errors_of(node_settings(tmp_path, protocol=protocol))
+    assert message.endswith(f"protocol.participants.1: {bad!r} is not a peer ID (12D3KooW..., Qm...)")
+
+
+def test_modest_participants_are_kept_in_the_form_the_transport_uses(tmp_path):
+    """A peer ID written as a CIDv1 names the same peer as its base58 form; the node compares strings."""
+    cid = "bafzaajaiaejcag4dhgrqhtmm6kkfwzwitlbj7kiopfzr2zyaa2kcqr4rv5ae52y7"
+    protocol = {"name": "modest", "rounds": 5, "participants": [cid]}
+    assert parse_config(node_settings(tmp_path, protocol=protocol)).protocol.participants == [PEER]
+
+
 def test_load_config_resolves_data_dir_against_the_file(write_toml, tmp_path):
     data = node_settings(tmp_path)
     data["data_dir"] = "node-a"
