@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import click
 
+from p2pfl import strict_json
 from p2pfl.errors import ConfigError
 from simulations.config import EmulationConfig
 from simulations.emulator import run_emulation
@@ -156,7 +156,7 @@ def _write_outputs(
     plots_dir: Path | None,
 ) -> None:
     if json_path is not None:
-        json_path.write_text(json.dumps(result.to_json(), indent=2))
+        json_path.write_text(strict_json.dumps(result.to_json(), indent=2))
         click.echo(f"summary written to {json_path}")
     if csv_dir is not None:
         written = write_csv(result, csv_dir)
@@ -227,6 +227,15 @@ def format_table(result: EmulationResult) -> str:
         f"{result.bytes_sent / 2**20:.2f} MiB sent\n"
         f"wall {result.wall_s:.1f} s, peak RSS {result.peak_rss_mib:.0f} MiB, "
         f"{result.node_rounds_per_s:.0f} node-rounds/s, {result.rounds_per_minute:.1f} rounds/min"
-        + (" (STALLED: no round finished for stall_timeout)" if result.stalled else "")
+        + _ended_early(result)
     )
     return "\n".join(lines)
+
+
+def _ended_early(result: EmulationResult) -> str:
+    """Why a run stopped before its last round, if it did."""
+    if result.stalled:
+        return f" (STALLED at round {result.rounds_reached}: no round finished for stall_timeout)"
+    if result.rounds_reached < result.config.rounds:
+        return f" (ended at round {result.rounds_reached}: no node was running any more)"
+    return ""

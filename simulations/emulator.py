@@ -53,7 +53,7 @@ from simulations.learner_pool import LearnerPool, poolable
 from simulations.results import ConsensusTracker, EmulationResult, summarise_nodes, summarise_rounds
 from simulations.seeds import derive_seed
 from simulations.task import Task
-from simulations.topology import build_topology, load_topology, node_order
+from simulations.topology import build_topology, check_size, load_topology, node_order, topology
 from simulations.transfer_nodes import transfer_node
 from simulations.transfer_task import TransferTask
 from transport.links import LinkParams
@@ -109,6 +109,7 @@ def run_emulation(
         churn=plan,
         wall_s=wall_s,
         stalled=emulation.stalled,
+        rounds_reached=emulation.progress,
         node_rounds=sum(len(node.history) for node in emulation.nodes),
         peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # KiB on Linux
         graph=nx.relabel_nodes(graph, {label: i for i, label in enumerate(emulation.labels)}),
@@ -223,6 +224,7 @@ class _Emulation:
         self._shards: list[np.ndarray] | None = None
         self.scopes: list[trio.CancelScope] = []
         self.pending = list(plan)
+        self.departed: set[int] = set()  # nodes that crashed or left
         self.consensus = ConsensusTracker()
         self.progress = 0  # newest round any node has recorded
         self.running = 0
@@ -245,6 +247,7 @@ class _Emulation:
                 for index in range(config.nodes):
                     if index not in self.absent:
                         nursery.start_soon(self._run_node, index)
+                self._apply_due()  # events at round 0 hold from the start
                 if config.resample_every:
                     nursery.start_soon(self._resample_topology)
                 await self._monitor()
@@ -324,7 +327,7 @@ class _Emulation:
         start = trio.current_time()
         for round_ in range(config.resample_every, config.rounds, config.resample_every):
             await trio.sleep_until(start + round_ * config.period + half_training)
-            graph = _graph(config, round_)
+            graph = self._live_graph(round_)
             wanted = {frozenset((self.peer_ids[u], self.peer_ids[v])) for u, v in graph.edges}
             current = {
                 frozenset((node.peer_id, peer)) for node in self.nodes for peer in node.transport.peers()
@@ -333,6 +336,23 @@ class _Emulation:
                 self.network.disconnect(a, b)
             for a, b in sorted(tuple(sorted(link)) for link in wanted - current):
                 self.network.connect(a, b)
+
+    def _live_graph(self, round_: int) -> nx.Graph:
+        """The topology for rounds from `round_` on, drawn over the nodes still running, as a peer
+        sampler hands out live peers: departed nodes get no links back.
+
+        When the family has no graph on that many nodes (say, torus rows that no longer divide
+        them), it is drawn over all nodes and the edges of departed ones are left out.
+        """
+        config = self.config
+        live = [i for i in range(config.nodes) if i not in self.departed]
+        family = topology(config.topology, **config.topology_params)
+        seed = derive_seed(config.seed, _TOPOLOGY, round_)
+        try:
+            check_size(family, len(live))
+        except ConfigError:
+            return _graph(config, round_).subgraph(live)
+        return nx.relabel_nodes(family.build(len(live), seed), dict(enumerate(live)))
 
     def _protocol(self, index: int) -> RoundProtocol:
         config = self.config
@@ -383,24 +403,29 @@ class _Emulation:
         self.progress = record.round
         if self.reporter is not None:
             self.reporter.update(self.progress, self.config.rounds)
+        self._apply_due()
+
+    def _apply_due(self) -> None:
+        """Apply the churn events whose round the run has reached."""
         while self.pending and self.pending[0].round <= self.progress:
             self._apply(self.pending.pop(0))
 
     async def _monitor(self) -> None:
-        """Return when the run is over: all rounds done, nobody left running, or no progress for long."""
+        """Return when the run is over: all rounds done, nobody left running, or no progress for long
+        (then the run `stalled`)."""
         config = self.config
         progress, changed_at = self.progress, trio.current_time()
         while True:
             await trio.sleep(config.period)
             if self.running == 0 and not any(e.action == "join" for e in self.pending):
-                break
+                return
             if config.protocol in EVENT_DRIVEN and self.progress >= config.rounds:
-                break
+                return
             if self.progress > progress:
                 progress, changed_at = self.progress, trio.current_time()
             elif trio.current_time() - changed_at > config.stall_timeout:
-                break
-        self.stalled = self.progress < config.rounds
+                self.stalled = True
+                return
 
     def _apply(self, event: PlannedEvent) -> None:
         if event.action == "partition":
@@ -414,6 +439,7 @@ class _Emulation:
             if event.action == "join":
                 self.nursery.start_soon(self._run_node, index)
                 continue
+            self.departed.add(index)
             if event.action == "crash":
                 self.network.crash(peer)
             elif self.config.protocol not in EVENT_DRIVEN:

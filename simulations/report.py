@@ -94,17 +94,13 @@ def write_csv(result: EmulationResult | ScenarioResult, directory: str | Path) -
 def node_states(result: EmulationResult) -> dict[int, str]:
     """Each node's state (one of `STATES`) when the run ended, by node index (the graph's order).
 
-    Churn events count once the run got to their round: all of them up to `config.rounds` for a run
-    that finished, up to the last evaluated round for one that stalled (an approximation: the run
-    may have got a little further between evaluations). A joiner whose round never came is "absent".
+    Churn events count if the run got to their round (`rounds_reached`); a joiner whose round never
+    came is "absent".
     """
-    reached = result.rounds[-1].round if result.rounds else 0
-    if not result.stalled:
-        reached = max(reached, result.config.rounds)
     states = {i: "byzantine" if node.byzantine else "honest" for i, node in enumerate(result.nodes)}
     cut_off: tuple[int, ...] = ()  # the named side of the partition in force, if any
     for event in result.churn:
-        applied = event.round <= reached
+        applied = event.round <= result.rounds_reached
         if event.action in ("partition", "heal"):
             if applied:  # a partition replaces the one before; heal names no nodes
                 cut_off = event.nodes

@@ -62,6 +62,9 @@ class EmulationResult:
     churn: list[PlannedEvent]
     wall_s: float
     stalled: bool = False  # stopped because no round finished for `config.stall_timeout` virtual seconds
+    # The newest round any node finished: `config.rounds` for a complete run, less for one that
+    # stalled or whose nodes had all stopped (crashed or left). Churn events up to it were applied.
+    rounds_reached: int = 0
     node_rounds: int = 0  # rounds finished, summed over the nodes (a MoDeST round counts its sample)
     peak_rss_mib: float = 0.0  # of the whole process, at the end of the run
     # The topology the run started on, labelled by node index (not in the JSON).
@@ -85,8 +88,7 @@ class EmulationResult:
 
     @property
     def rounds_per_minute(self) -> float:
-        last = self.rounds[-1].round if self.rounds else 0
-        return 60 * last / self.wall_s if self.wall_s > 0 else 0.0
+        return 60 * self.rounds_reached / self.wall_s if self.wall_s > 0 else 0.0
 
     @property
     def messages_sent(self) -> int:
@@ -103,7 +105,8 @@ class EmulationResult:
             "node_rounds_per_s": self.node_rounds_per_s,
             "rounds_per_minute": self.rounds_per_minute,
             "virtual_s": self.rounds[-1].virtual_time if self.rounds else 0.0,
-            "num_rounds": len(self.rounds),
+            "rounds_reached": self.rounds_reached,
+            "evaluated_rounds": len(self.rounds),
             "stalled": self.stalled,
             "rounds": [asdict(r) for r in self.rounds],
             "nodes": [asdict(n) for n in self.nodes],

@@ -72,9 +72,14 @@ def load_scenario(path: str | Path, *, seed: int | None = None) -> Scenario:
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"{path}: {exc}") from exc
     try:
+        reject_booleans(_ScenarioFile, document)
         spec = _FILE.validate_python(document)
     except ValidationError as exc:
         raise ConfigError(f"{path}: {_describe(exc)}") from exc
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+    if spec.target_accuracy is not None and not 0 <= spec.target_accuracy <= 1:
+        raise ConfigError(f"{path}: target_accuracy must be in [0, 1], got {spec.target_accuracy}")
     raw_variants = spec.variants or [{"name": "default"}]
     variants, names = [], set()
     for index, raw in enumerate(raw_variants):

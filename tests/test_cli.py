@@ -39,6 +39,20 @@ def test_sim_run_runs_a_scenario_file(tmp_path):
     assert summary["variants"]["a"]["rounds_to_target"] == 1
 
 
+def test_sim_run_writes_strict_json_even_for_infinite_values(tmp_path):
+    scenario = tmp_path / "s.toml"
+    scenario.write_text('name = "cli"\n[base]\nnodes = 4\nrounds = 1\ntopology = "ring"\nbandwidth = inf\n')
+    out = tmp_path / "out.json"
+    result = CliRunner().invoke(main, ["sim", "run", str(scenario), "--json", str(out)])
+    assert result.exit_code == 0, result.output
+
+    def refuse(token):
+        raise ValueError(f"not JSON: {token}")
+
+    summary = json.loads(out.read_text(), parse_constant=refuse)
+    assert summary["variants"]["default"]["config"]["bandwidth"] is None
+
+
 def test_sim_run_refuses_options_beside_a_scenario_file(tmp_path):
     scenario = tmp_path / "s.toml"
     scenario.write_text('name = "cli"\n')

@@ -4,6 +4,7 @@ import pytest
 
 from p2pfl.errors import ConfigError
 from simulations import ChurnEvent, EmulationConfig, run_emulation
+from simulations.cli import format_table
 
 MODEST = dict(
     nodes=12, rounds=6, local_steps=3, protocol="modest", protocol_params={"s": 4, "a": 1}, topology="ring"
@@ -83,10 +84,18 @@ def test_crash_schedule_is_seeded_reported_and_survived():
 
 
 def test_a_stalled_run_stops_and_says_so():
-    churn = (ChurnEvent(round=1, action="crash", fraction=1.0),)  # everyone gone
+    churn = (ChurnEvent(round=1, action="crash", fraction=0.75),)  # too few left to fill a sample
     result = run_emulation(EmulationConfig(**MODEST, churn=churn, stall_timeout=20.0))
     assert result.stalled
-    assert result.rounds[-1].round < 6
+    assert result.rounds_reached == result.rounds[-1].round == 1
+
+
+def test_a_run_whose_nodes_all_stopped_ended_but_did_not_stall():
+    churn = (ChurnEvent(round=1, action="crash", fraction=1.0),)  # everyone gone
+    result = run_emulation(EmulationConfig(**MODEST, churn=churn, stall_timeout=20.0))
+    assert not result.stalled
+    assert result.rounds_reached == 1
+    assert "ended at round 1: no node was running any more" in format_table(result)
 
 
 def test_gossip_nodes_can_crash_too():
@@ -95,6 +104,16 @@ def test_gossip_nodes_can_crash_too():
     counts = [r.nodes for r in result.rounds]
     # the crash lands the moment the first node records round 2: victims may or may not have
     assert counts[0] == 6 and 4 <= counts[1] <= 6 and counts[2:] == [4, 4, 4]
+
+
+def test_churn_at_round_0_holds_from_the_start():
+    churn = (ChurnEvent(round=0, action="crash", nodes=(0, 1)),)
+    result = run_emulation(EmulationConfig(nodes=6, rounds=3, local_steps=1, task="synthetic", churn=churn))
+    assert [r.nodes for r in result.rounds] == [4, 4, 4]
+    assert [(n.rounds_recorded, n.messages_sent, n.messages_received) for n in result.nodes[:2]] == [
+        (0, 0, 0),
+        (0, 0, 0),
+    ]
 
 
 @pytest.mark.parametrize(

@@ -60,7 +60,14 @@ def make_result(nodes=4, rounds=3, *, byzantine=(), churn=(), stalled=False, see
         for i in range(nodes)
     ]
     return EmulationResult(
-        config, round_rows, node_rows, list(churn), wall_s=0.1, stalled=stalled, graph=nx.cycle_graph(nodes)
+        config,
+        round_rows,
+        node_rows,
+        list(churn),
+        wall_s=0.1,
+        stalled=stalled,
+        rounds_reached=rounds,
+        graph=nx.cycle_graph(nodes),
     )
 
 
@@ -152,11 +159,12 @@ def test_node_states_follow_churn_that_was_reached_and_byzantine_flags():
     }
 
 
-def test_a_stalled_run_counts_churn_only_up_to_its_last_evaluated_round():
+def test_a_run_that_ended_early_counts_churn_only_up_to_the_round_it_reached():
     churn = [PlannedEvent(2, "crash", (0,)), PlannedEvent(3, "join", (1,))]
-    stalled = make_result(rounds=3, churn=churn, stalled=True)
+    full = make_result(rounds=3, churn=churn, stalled=True)
+    # Evaluated up to round 1 only: the state still follows the rounds reached, not the evaluations.
     stalled = EmulationResult(
-        stalled.config, stalled.rounds[:2], stalled.nodes, churn, wall_s=0.1, stalled=True
+        full.config, full.rounds[:1], full.nodes, churn, wall_s=0.1, stalled=True, rounds_reached=2
     )
     assert node_states(stalled) == {0: "crashed", 1: "absent", 2: "honest", 3: "honest"}
 

@@ -56,7 +56,7 @@ def test_json_reports_rounds_and_bytes_to_target_or_null(tmp_path):
         assert summary["rounds_to_target"] == 1
         assert summary["bytes_to_target"] == summary["rounds"][0]["bytes_sent"] > 0
         assert {"final_mean_accuracy", "rounds", "bytes_sent", "wall_s"} <= summary.keys()
-    never = run_scenario(load_scenario(write(tmp_path, SMALL.format(target=1.01)))).to_json()
+    never = run_scenario(load_scenario(write(tmp_path, SMALL.format(target=1.0)))).to_json()
     assert all(
         s["rounds_to_target"] is None and s["bytes_to_target"] is None for s in never["variants"].values()
     )
@@ -83,6 +83,9 @@ def test_a_file_without_variants_is_one_default_variant(tmp_path):
         ('name = "x"\n[[variants]]\nnodes = 3', "variants\\[0\\].name"),
         ('name = "x"\n[[variants]]\nname = "a"\n[[variants]]\nname = "a"', "duplicate variant name"),
         ('name = "x"\ntarget_accuracy = "high"', "target_accuracy"),
+        ('name = "x"\ntarget_accuracy = 80', r"target_accuracy must be in \[0, 1\], got 80"),
+        ('name = "x"\ntarget_accuracy = nan', r"target_accuracy must be in \[0, 1\], got nan"),
+        ('name = "x"\ntarget_accuracy = true', "target_accuracy must be a number, got true"),
     ],
 )
 def test_errors_name_the_file_and_field(tmp_path, text, message):

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from p2pfl.errors import ConfigError
-from simulations import EmulationConfig, build_topology, run_emulation
+from simulations import ChurnEvent, EmulationConfig, build_topology, run_emulation
 from simulations.synthetic import GaussianMixture, synthetic_task
 from simulations.topology import load_topology, node_order
 
@@ -95,6 +95,44 @@ def test_resampling_rewires_links_between_rounds_and_keeps_degrees():
     # D-PSGD sends one model per neighbour per round either way: same degree, same traffic
     assert moving.messages_sent == fixed.messages_sent
     assert moving.final_mean_accuracy != fixed.final_mean_accuracy
+
+
+def test_resampling_links_only_the_nodes_still_running():
+    config = EmulationConfig(
+        nodes=8,
+        rounds=6,
+        protocol="dpsgd",
+        topology="random_regular",
+        topology_params={"degree": 3},
+        task="synthetic",
+        local_steps=1,
+        resample_every=1,
+        churn=(ChurnEvent(2, "leave", nodes=(0, 1)),),
+    )
+    result = run_emulation(config)
+    left, running = result.nodes[:2], result.nodes[2:]
+    # The leavers heard 3 neighbours in rounds 1 and 2 and nothing after: no link back to them.
+    assert [n.messages_received for n in left] == [6, 6]
+    # The 6 others are redrawn as a 3-regular graph among themselves: 3 models every round.
+    assert [n.messages_received for n in running] == [18] * 6
+
+
+def test_resampling_a_family_that_does_not_fit_the_survivors_still_leaves_them_out():
+    # 7 survivors make no 2-row torus: the draw is over all 8 nodes, minus the leaver's edges.
+    config = dict(
+        nodes=8,
+        rounds=6,
+        protocol="dpsgd",
+        topology="torus",
+        topology_params={"rows": 2},
+        task="synthetic",
+        local_steps=1,
+        churn=(ChurnEvent(2, "leave", nodes=(0,)),),
+    )
+    fixed = run_emulation(EmulationConfig(**config))
+    moving = run_emulation(EmulationConfig(**config, resample_every=1))
+    assert moving.nodes[0].messages_received == fixed.nodes[0].messages_received > 0
+    assert [r.nodes for r in moving.rounds][-1] == 7
 
 
 @pytest.mark.parametrize(
