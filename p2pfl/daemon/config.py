@@ -54,9 +54,9 @@ PositiveInt = Annotated[int, Field(ge=1)]
 PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 
 
-def _protocols_of(text: str) -> set[str]:
+def _protocols_of(text: str) -> list[str]:
     try:
-        return {p.name for p in multiaddr.Multiaddr(text).protocols()}
+        return [p.name for p in multiaddr.Multiaddr(text).protocols()]
     except Exception as exc:
         raise ValueError(f"not a multiaddr: {text!r} ({exc})") from None
 
@@ -72,10 +72,16 @@ def _check_peer_addr(text: str) -> str:
     return text
 
 
+# What the transport binds as asked: py-libp2p listens on every interface for a host name
+# (/dns4/...), and binds plain TCP, speaking Noise, whatever follows the port (/tls, /ws).
+_LISTENABLE = (["ip4", "tcp"], ["ip6", "tcp"])
+
+
 def _check_listen_addr(text: str) -> str:
-    protocols = _protocols_of(text)
-    if "tcp" not in protocols or protocols & {"ws", "wss", "quic", "quic-v1", "udp", "p2p"}:
-        raise ValueError(f"{text!r}: only plain TCP listen addresses (without /p2p/) are supported")
+    if _protocols_of(text) not in _LISTENABLE:
+        raise ValueError(
+            f"{text!r}: only /ip4/<address>/tcp/<port> and /ip6/<address>/tcp/<port> can be listened on"
+        )
     return text
 
 

@@ -65,7 +65,7 @@ def test_the_shard_index_seeds_batches_and_peer_choice_unless_given(tmp_path):
             "bootstrap.0: '/ip4/127.0.0.1/tcp/4001' must end in /p2p/",
         ),
         ({"bootstrap": ["not an address"]}, "bootstrap.0: not a multiaddr"),
-        ({"listen": ["/ip4/127.0.0.1/udp/4001"]}, "listen.0: '/ip4/127.0.0.1/udp/4001': only plain TCP"),
+        ({"listen": ["/ip4/127.0.0.1/udp/4001"]}, "listen.0: '/ip4/127.0.0.1/udp/4001': only /ip4/"),
         ({"status": {"port": 70000}}, "status.port:"),
         ({"aggregation": {"name": "mean"}}, "aggregation: aggregation: unknown rule 'mean'"),
         (
@@ -180,6 +180,27 @@ def test_modest_participants_are_kept_in_the_form_the_transport_uses(tmp_path):
     cid = "bafzaajaiaejcag4dhgrqhtmm6kkfwzwitlbj7kiopfzr2zyaa2kcqr4rv5ae52y7"
     protocol = {"name": "modest", "rounds": 5, "participants": [cid]}
     assert parse_config(node_settings(tmp_path, protocol=protocol)).protocol.participants == [PEER]
+
+
+@pytest.mark.parametrize(
+    "addr",
+    [
+        "/dns4/localhost/tcp/4001",  # py-libp2p would listen on every interface
+        "/ip4/127.0.0.1/tcp/4001/tls",  # plain TCP speaking Noise, which a TLS dialer cannot use
+        "/ip4/127.0.0.1/tcp/4001/ws",
+        f"/ip4/127.0.0.1/tcp/4001/p2p/{PEER}",
+        "/ip4/127.0.0.1/udp/4001/quic-v1",
+    ],
+)
+def test_listen_addresses_are_what_the_transport_can_bind(tmp_path, addr):
+    message = errors_of(node_settings(tmp_path, listen=["/ip4/127.0.0.1/tcp/0", addr]))
+    expected = f"listen.1: {addr!r}: only /ip4/<address>/tcp/<port> and /ip6/<address>/tcp/<port>"
+    assert message.splitlines()[1:] == [f"  {expected} can be listened on"]
+
+
+def test_listen_addresses_may_be_ip6(tmp_path):
+    listen = ["/ip6/::1/tcp/0", "/ip4/0.0.0.0/tcp/4001"]
+    assert parse_config(node_settings(tmp_path, listen=listen)).listen == listen
 
 
 def test_load_config_resolves_data_dir_against_the_file(write_toml, tmp_path):

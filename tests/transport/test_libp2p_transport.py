@@ -49,6 +49,7 @@ from transport.libp2p import (
     model_plane,
     open_libp2p_transport,
 )
+from transport.libp2p.host import build_host
 from transport.libp2p.model_plane import MODEL_PROTOCOL, TransferHeader, _chunks
 from transport.messages import ModelPayload, ModelUpdate
 from transport.penalties import PenaltyConfig
@@ -623,6 +624,18 @@ def test_a_listen_address_that_cannot_be_bound_fails_the_open_naming_every_such_
             assert failed.value.addrs == busy and all(addr in str(failed.value) for addr in busy)
 
     run(main)
+
+
+@pytest.mark.parametrize(
+    "addr",
+    ["/dns4/localhost/tcp/0", "/ip4/127.0.0.1/tcp/0/tls", "/ip4/127.0.0.1/tcp/0/ws", "/ip4/127.0.0.1/udp/0"],
+)
+def test_only_ip_and_tcp_listen_addresses_are_taken(addr):
+    """py-libp2p would listen on every interface for /dns4/..., and on plain TCP for .../tls."""
+    with pytest.raises(
+        ValueError, match=f"^only /ip4/<address>/tcp/<port> and /ip6/<address>/tcp/<port>, not {addr}$"
+    ):
+        build_host(create_new_key_pair(), listen=[addr])
 
 
 @settings(max_examples=200, deadline=None)

@@ -73,9 +73,10 @@ def build_host(
         raise ValueError(f"max_connections must be >= 1, got {max_connections}")
     listen_addrs = parse_multiaddrs(listen)
     for addr in listen_addrs:
-        protocols = {p.name for p in addr.protocols()}
-        if "tcp" not in protocols or protocols & {"ws", "wss", "quic", "quic-v1", "udp"}:
-            raise ValueError(f"only plain TCP listen addresses are supported, not {addr}")
+        # py-libp2p would listen on every interface for a host name (/dns4/...), and on plain TCP,
+        # speaking Noise, whatever follows the port (/tls, /ws).
+        if [p.name for p in addr.protocols()] not in (["ip4", "tcp"], ["ip6", "tcp"]):
+            raise ValueError(f"only /ip4/<address>/tcp/<port> and /ip6/<address>/tcp/<port>, not {addr}")
     config = ConnectionConfig(
         max_connections=max_connections,
         min_connections=0,
