@@ -125,7 +125,7 @@ def node_run(config_path: Path, fast_exit: bool) -> None:
 
     from p2pfl.daemon.logs import configure_logging
     from p2pfl.daemon.runner import run_daemon
-    from p2pfl.errors import P2PFLError
+    from p2pfl.errors import P2PFLError, sole_exception
     from transport.libp2p import KeyFileError
 
     configure_logging(config.log_level, config.log_format)
@@ -135,7 +135,7 @@ def node_run(config_path: Path, fast_exit: bool) -> None:
         except BaseExceptionGroup as group:
             # An error raised inside trio nurseries (the transport's, the node's) arrives wrapped,
             # often several levels deep; a single one is reported below like a bare one.
-            leaf = _only_leaf(group)
+            leaf = sole_exception(group)
             if not isinstance(leaf, (P2PFLError, KeyFileError, OSError)):
                 raise
             raise leaf from None
@@ -153,19 +153,6 @@ def node_run(config_path: Path, fast_exit: bool) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(0)
-
-
-def _only_leaf(group: BaseExceptionGroup) -> BaseException | None:
-    """The one exception in `group` and the groups nested in it, or None if there are several."""
-    leaves: list[BaseException] = []
-    pending: list[BaseException] = [group]
-    while pending and len(leaves) < 2:
-        exc = pending.pop()
-        if isinstance(exc, BaseExceptionGroup):
-            pending.extend(exc.exceptions)
-        else:
-            leaves.append(exc)
-    return leaves[0] if len(leaves) == 1 and not pending else None
 
 
 @main.command()

@@ -26,6 +26,7 @@ import trio
 
 from p2pfl.daemon.config import NodeConfig
 from p2pfl.daemon.runner import NodeHandle, open_node
+from p2pfl.errors import sole_exception
 from p2pfl.learner import Learner
 from p2pfl.node import RoundRecord
 
@@ -35,9 +36,11 @@ __all__ = ["NodeThread", "open_node"]
 class NodeThread:
     """A node running in a background thread, with a blocking API.
 
-    `start()` returns once the node listens (or raises what stopped it from starting); `stop()`
-    cancels it, waits for the final checkpoint and the transport to close, and re-raises an error
-    the node died of, if any.
+    `start()` returns once the node listens, or raises what stopped it from starting as itself
+    (`DataDirInUse`, `CheckpointError`, `KeyFileError`, an `OSError`...), not wrapped in the
+    ExceptionGroups of the nurseries it came out of. `stop()` cancels the node, waits for the final
+    checkpoint and the transport to close, and raises a `RuntimeError` caused by the error the node
+    died of, if any.
     """
 
     def __init__(
@@ -64,7 +67,9 @@ class NodeThread:
             raise TimeoutError(f"the node did not start within {timeout} s")
         if self._handle is None:
             self._thread.join()
-            raise RuntimeError("the node failed to start") from self._error
+            error, self._error = self._error, None  # reported here, not again by stop()
+            assert error is not None  # _run returns only after it set the handle
+            raise sole_exception(error)
         return self
 
     def stop(self, timeout: float | None = 30.0) -> None:
@@ -78,7 +83,7 @@ class NodeThread:
             raise TimeoutError(f"the node did not stop within {timeout} s")
         if self._error is not None:
             error, self._error = self._error, None
-            raise RuntimeError("the node stopped with an error") from error
+            raise RuntimeError("the node stopped with an error") from sole_exception(error)
 
     def __enter__(self) -> NodeThread:
         return self.start()
