@@ -349,6 +349,16 @@ class NodeConfig(_Strict):
     torch_threads: Annotated[int, Field(ge=0)] = 1
     exit_when_done: bool = False  # False: keep serving peers and status after the last round
 
+    @field_validator("announce")
+    @classmethod
+    def _announce_something(cls, value: list[str] | None) -> list[str] | None:
+        """`announce` replaces the listen addresses in what peers are told: [] would tell them none."""
+        if value == []:
+            raise ValueError(
+                "an empty list announces no address to peers; omit it to announce the listen addresses"
+            )
+        return value
+
     @property
     def local_steps(self) -> int | None:
         """`training.local_steps` as `Node` takes it: None for one epoch."""

@@ -203,6 +203,15 @@ def test_listen_addresses_may_be_ip6(tmp_path):
     assert parse_config(node_settings(tmp_path, listen=listen)).listen == listen
 
 
+def test_an_empty_announce_list_is_an_error(tmp_path):
+    """Peers would be told no address at all (`announce` replaces the listen addresses)."""
+    message = errors_of(node_settings(tmp_path, announce=[]))
+    assert message.endswith(
+        "announce: an empty list announces no address to peers; omit it to announce the listen addresses"
+    )
+    assert parse_config(node_settings(tmp_path)).announce is None
+
+
 def test_load_config_resolves_data_dir_against_the_file(write_toml, tmp_path):
     data = node_settings(tmp_path)
     data["data_dir"] = "node-a"
