@@ -300,6 +300,19 @@ def test_our_own_address_among_the_bootstrap_peers_is_skipped_and_we_are_never_o
     run(main)
 
 
+def test_connecting_to_our_own_address_is_refused_without_a_connection():
+    async def main():
+        async with node() as a:
+            with pytest.raises(
+                PeerUnreachable, match=f"cannot connect to {a.addrs[0]}: it is this node's own"
+            ):
+                await a.connect(a.addrs[0])
+            assert a.host.get_network().get_total_connections() == 0
+            assert a.peers() == frozenset()
+
+    run(main)
+
+
 def test_a_plaintext_only_peer_cannot_connect_either_way():
     async def main():
         key_pair = create_new_key_pair()

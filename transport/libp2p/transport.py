@@ -98,8 +98,15 @@ class Libp2pTransport(Transport):
         return peers
 
     async def connect(self, addr: str, *, timeout: float | None = None) -> PeerId:
-        """Dial the peer at full multiaddr `addr` now; its peer ID, or `PeerUnreachable`."""
+        """Dial the peer at full multiaddr `addr` now; its peer ID, or `PeerUnreachable`.
+
+        An address with our own peer ID is refused (`PeerUnreachable`) before any dial: a connection
+        to ourselves would be no peer of ours (bootstrap entries of our own are skipped for the same
+        reason), only a stray connection, and returning our ID would pass for a connected peer.
+        """
         info = _peer_info(parse_multiaddrs([addr])[0])
+        if info.peer_id == self.host.get_id():
+            raise PeerUnreachable(f"cannot connect to {addr}: it is this node's own address")
         self._refuse_if_banned(info.peer_id)
         timeout = self.model_plane.config.connect_timeout if timeout is None else timeout
         try:
