@@ -62,6 +62,19 @@ def test_a_device_this_machine_lacks_is_a_config_error_naming_the_field(
         build_learner(node_config(tmp_path, training={"device": device}))
 
 
+@pytest.mark.parametrize(
+    ("count", "device", "devices"), [(1, "cuda:1", "1 CUDA device"), (2, "cuda:5", "2 CUDA devices")]
+)
+def test_a_cuda_index_this_machine_lacks_is_a_config_error_naming_the_field(
+    tmp_path, monkeypatch, count, device, devices
+):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+    expected = rf"^training\.device: device {device} requested but this machine has {devices}$"
+    with pytest.raises(ConfigError, match=expected):
+        build_learner(node_config(tmp_path, training={"device": device}))
+
+
 def test_node_run_reports_an_unusable_shard_in_one_line(write_toml, tmp_path):
     shard = {"index": 1999, "of": 2000}
     path = write_toml("node.toml", node_settings(tmp_path / "node", task={"shard": shard}))
