@@ -21,10 +21,10 @@ from p2pfl.attacks.registry import ATTACKS
 from p2pfl.errors import ConfigError
 from simulations.churn import ChurnEvent
 from simulations.field_types import reject_booleans
-from simulations.synthetic import synthetic_task
+from simulations.synthetic import GaussianMixture, synthetic_task
 from simulations.task import ACTIVATIONS, Task, digits_task
 from simulations.topology import check_size, load_topology, topology
-from simulations.transfer_task import TransferParams, digits_transfer_task
+from simulations.transfer_task import NUM_CLASSES, TransferParams, digits_transfer_task
 
 PROTOCOLS = ("gossip", "dpsgd", "modest", "fl")
 # Protocols driven by events rather than a clock: their run ends when the last round is recorded.
@@ -32,7 +32,6 @@ EVENT_DRIVEN = ("modest", "fl")
 MODEST_PARAMS = frozenset(f.name for f in fields(ModestSettings)) | {"join_fanout"}
 FL_PARAMS = frozenset({"s", "round_timeout"})
 FL_SERVER = 0  # node index of the FL baseline's server
-NUM_CLASSES = 10  # of the digits task; label_flip's default
 BRISTLE_PARAMS = ("closest", "random_others", "shared_classes")
 
 
@@ -298,10 +297,23 @@ def make_bristle(
         raise ConfigError(f"aggregation_params: {exc}") from exc
 
 
+def task_classes(config: EmulationConfig) -> int:
+    """How many classes the config's task has."""
+    if config.task == "synthetic":
+        return config.task_params.get("classes", GaussianMixture.classes)
+    return NUM_CLASSES
+
+
 def make_attack(config: EmulationConfig) -> Attack:
     params = dict(config.attack_params)
     if config.attack == "label_flip":
-        params.setdefault("num_classes", NUM_CLASSES)
+        # Flipping modulo another count would make labels the model has no output for.
+        classes = task_classes(config)
+        if params.setdefault("num_classes", classes) != classes:
+            raise ConfigError(
+                f"attack_params: label_flip num_classes must be the task's {classes} classes, "
+                f"got {params['num_classes']!r}"
+            )
     if config.attack not in ATTACKS:
         return build_attack(config.attack or "", **params)  # raises "attack: unknown attack ..."
     try:

@@ -37,8 +37,8 @@ class GaussianMixture:
     def __post_init__(self) -> None:
         if self.features < 1 or self.classes < 2:
             raise ConfigError(f"synthetic task needs features >= 1 and classes >= 2, got {self}")
-        if not self.separation > 0:
-            raise ConfigError(f"synthetic separation must be > 0, got {self.separation}")
+        if not 0 < self.separation < np.inf:
+            raise ConfigError(f"synthetic separation must be > 0 and finite, got {self.separation}")
 
     @property
     def means(self) -> np.ndarray:
@@ -76,8 +76,20 @@ def synthetic_task(
     xavier: bool = False,
 ) -> Task:
     """A `Task` whose nodes make their own data (`Task.local_data`); the model is an MLP."""
-    if samples_per_node < 1:
-        raise ConfigError(f"samples_per_node must be >= 1, got {samples_per_node}")
+    counts = dict(
+        features=features,
+        classes=classes,
+        samples_per_node=samples_per_node,
+        test_samples_per_class=test_samples_per_class,
+    )
+    for name, value in counts.items():
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"synthetic {name} must be an integer, got {value!r}")
+    if isinstance(separation, bool) or not isinstance(separation, int | float):
+        raise ConfigError(f"synthetic separation must be a number, got {separation!r}")
+    for name in ("samples_per_node", "test_samples_per_class"):
+        if counts[name] < 1:
+            raise ConfigError(f"synthetic {name} must be >= 1, got {counts[name]}")
     if alpha is not None and not alpha > 0:
         raise ConfigError(f"alpha must be > 0, got {alpha}")
     if activation not in ACTIVATIONS:

@@ -27,6 +27,18 @@ def test_label_flippers_poison_their_data_and_are_picked_by_seed():
     assert flagged != [n.peer for n in other.nodes if n.byzantine]
 
 
+def test_label_flippers_flip_within_the_task_s_classes():
+    # The synthetic task with 4 classes: flipping modulo 10 made labels the model has no output for.
+    synthetic = dict(BASE, task="synthetic", task_params={"classes": 4, "features": 8}, rounds=4)
+    result = run_emulation(EmulationConfig(**synthetic, attack="label_flip", byzantine_fraction=0.2))
+    assert [n.byzantine for n in result.nodes].count(True) == 2
+    assert result.rounds_reached == 4
+    with pytest.raises(ConfigError, match="label_flip num_classes must be the task's 4 classes, got 10"):
+        EmulationConfig(
+            **synthetic, attack="label_flip", attack_params={"num_classes": 10}, byzantine_fraction=0.2
+        )
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
