@@ -153,17 +153,22 @@ def plot_topology(
 def write_plots(result: ScenarioResult | EmulationResult, directory: str | Path) -> list[Path]:
     """The three accuracy plots, then each variant's topology with node states when the run ended.
 
-    The topology file is topology.png for a single run, topology-VARIANT.png for a scenario; results
-    that carry no graph get no topology picture.
+    The topology file is topology.png for a single run, topology-VARIANT.png for a scenario (with
+    the variant's position added where two names make the same file name, as "a b" and "a/b" do);
+    results that carry no graph get no topology picture.
     """
     directory = Path(directory)
     paths = plot_accuracy(result, directory)
-    for name, run in variants_of(result).items():
+    used: set[str] = set()
+    for index, (name, run) in enumerate(variants_of(result).items()):
         if run.graph is None:
             continue  # a result built by hand, without its graph: nothing to draw
         graph = topology_of(run)
-        filename = "topology.png" if isinstance(result, EmulationResult) else f"topology-{_safe(name)}.png"
-        title = f"{name}: {run.config.topology}, {graph.number_of_nodes()} nodes, final states"
+        stem = "topology" if isinstance(result, EmulationResult) else f"topology-{_safe(name)}"
+        filename = f"{stem}.png" if stem not in used else f"{stem}-{index + 1}.png"
+        used.update((stem, filename.removesuffix(".png")))
+        source = Path(run.config.topology_file).name if run.config.topology_file else run.config.topology
+        title = f"{name}: {source}, {graph.number_of_nodes()} nodes, final states"
         paths.append(
             plot_topology(
                 graph,

@@ -1,4 +1,5 @@
 import csv
+import dataclasses
 import io
 import json
 import struct
@@ -8,6 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from p2pfl.cli import main
+from simulations import plots
 from simulations.churn import PlannedEvent
 from simulations.cli import format_comparison
 from simulations.config import EmulationConfig
@@ -262,6 +264,27 @@ def test_write_plots_names_a_topology_per_variant(tmp_path):
         ]
     )
     assert "topology.png" in {p.name for p in write_plots(make_result(), tmp_path / "single")}
+
+
+def test_variant_names_that_sanitise_alike_get_topologies_of_their_own(tmp_path, monkeypatch):
+    drawn = {}
+    monkeypatch.setattr(
+        plots, "plot_topology", lambda graph, states, path, *, seed, title: drawn.setdefault(path.name, title)
+    )
+    ring = tmp_path / "ring.edgelist"
+    ring.write_text("".join(f"{i} {(i + 1) % 4}\n" for i in range(4)))
+    from_file = make_result()
+    from_file = dataclasses.replace(
+        from_file, config=dataclasses.replace(from_file.config, topology_file=str(ring))
+    )
+    results = {"a b": make_result(), "a/b": from_file, "a_b-2": make_result()}
+    variants = tuple(Variant(name, r.config) for name, r in results.items())
+    write_plots(ScenarioResult(Scenario("demo", "", None, variants), results), tmp_path)
+    assert drawn == {
+        "topology-a_b.png": "a b: ring, 4 nodes, final states",
+        "topology-a_b-2.png": "a/b: ring.edgelist, 4 nodes, final states",  # the file, not `topology`
+        "topology-a_b-2-3.png": "a_b-2: ring, 4 nodes, final states",
+    }
 
 
 # Progress bar
