@@ -10,6 +10,12 @@ Writes are atomic: the file is written to a temp name in the same directory, fsy
 over the old one (``os.replace``), so a crash mid-write leaves the previous checkpoint intact. An
 unreadable or inconsistent file raises `CheckpointError` with the path and the reason; what the
 daemon does then is its `checkpoint.on_corrupt` setting (refuse to start, or move it aside).
+
+A model with NaN or infinite values (one that diverged) is never written: `save_checkpoint` raises
+`CheckpointError` and the previous checkpoint, the last good model, stays. Such a model could not be
+resumed anyway (a node loads only finite models), and writing it would replace the one that can be.
+A file that holds such values all the same (written by hand, or by an older p2pfl) is refused on
+load with that reason, not as a model of another shape.
 """
 
 from __future__ import annotations
@@ -69,6 +75,12 @@ def save_checkpoint(path: str | os.PathLike[str], checkpoint: Checkpoint) -> Non
     path = Path(path)
     if checkpoint.round < 0:
         raise ValueError(f"round must be >= 0, got {checkpoint.round}")
+    bad = _non_finite(checkpoint.tensors)
+    if bad is not None:
+        raise CheckpointError(
+            f"checkpoint of round {checkpoint.round} not written to {path}: tensor {bad!r} has NaN or"
+            " infinite values (the model diverged); any previous checkpoint is kept"
+        )
     meta = {
         "format": _FORMAT,
         "version": _VERSION,
@@ -126,6 +138,11 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint | None:
     tensors = {key.removeprefix(_TENSOR_PREFIX): a for key, a in arrays.items()}
     if not isinstance(names, list) or set(names) != set(tensors) or len(names) != len(tensors):
         raise CheckpointError(f"checkpoint {path}: the tensors do not match the metadata's list")
+    bad = _non_finite(tensors)
+    if bad is not None:
+        raise CheckpointError(
+            f"checkpoint {path} holds NaN or infinite values in tensor {bad!r} (a diverged model)"
+        )
     state, info = meta.get("protocol_state", {}), meta.get("info", {})
     if not isinstance(state, dict) or not isinstance(info, dict):
         raise CheckpointError(f"checkpoint {path}: protocol_state and info must be JSON objects")
@@ -135,6 +152,13 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint | None:
         protocol=str(meta.get("protocol", "")),
         protocol_state=state,
         info=info,
+    )
+
+
+def _non_finite(tensors: dict[str, np.ndarray]) -> str | None:
+    """The name of the first floating-point tensor with a NaN or infinite value, or None."""
+    return next(
+        (name for name, a in tensors.items() if a.dtype.kind in "fc" and not np.isfinite(a).all()), None
     )
 
 

@@ -302,7 +302,7 @@ class NodeHandle:
     async def _save(self, checkpoint: Checkpoint) -> None:
         try:
             await trio.to_thread.run_sync(save_checkpoint, self.checkpoint_path, checkpoint)
-        except OSError as exc:
+        except (OSError, CheckpointError) as exc:  # CheckpointError: a diverged model, not written
             self.checkpoint_failures += 1
             self.checkpoint_error = f"{exc}"
             log.error("checkpoint failed", extra={"round": checkpoint.round, "error": str(exc)})

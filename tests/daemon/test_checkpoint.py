@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import zipfile
 
 import numpy as np
 import pytest
+import trio
 from daemon_helpers import node_config
 
 from p2pfl.daemon.checkpoint import (
@@ -16,7 +19,7 @@ from p2pfl.daemon.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from p2pfl.daemon.runner import _restore
+from p2pfl.daemon.runner import NodeHandle, _restore
 from p2pfl.daemon.task import build_learner
 
 
@@ -142,3 +145,51 @@ def test_on_corrupt_fresh_moves_the_file_aside_and_starts_over(tmp_path, caplog)
     (moved,) = tmp_path.glob(f"{CHECKPOINT_FILE}.bad-*")
     assert moved.read_bytes() == b"garbage"
     assert "unusable checkpoint moved aside" in caplog.text
+
+
+def diverged(round_: int) -> Checkpoint:
+    good = sample(round_)
+    tensors = {**good.tensors, "0.bias": np.array([0.0, np.nan, np.inf, 1.0], dtype=np.float32)}
+    return dataclasses.replace(good, tensors=tensors)
+
+
+def test_a_diverged_model_is_not_written_over_the_last_good_checkpoint(tmp_path):
+    path = tmp_path / CHECKPOINT_FILE
+    save_checkpoint(path, sample(4))
+    with pytest.raises(CheckpointError, match=r"round 5 not written .*tensor '0\.bias' has NaN or infinite"):
+        save_checkpoint(path, diverged(5))
+    assert load_checkpoint(path).round == 4
+    assert sorted(p.name for p in tmp_path.iterdir()) == [CHECKPOINT_FILE]
+
+
+def test_a_checkpoint_holding_nan_is_refused_as_such_not_as_another_model(tmp_path):
+    path = tmp_path / CHECKPOINT_FILE
+    config = node_config(tmp_path)
+    tensors = build_learner(config).state().to_numpy()
+    tensors["0.weight"] = np.full_like(tensors["0.weight"], np.nan)
+    save_checkpoint(path, Checkpoint(round=3, tensors={}, protocol="gossip"))  # metadata to reuse
+    with np.load(path) as npz:
+        meta = json.loads(npz["meta"].tobytes())
+    meta["tensors"] = list(tensors)
+    with path.open("wb") as file:  # as an older p2pfl, which did not check, wrote it
+        np.savez(
+            file,
+            meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
+            **{f"tensor.{name}": array for name, array in tensors.items()},
+        )
+    with pytest.raises(CheckpointError) as info:
+        _restore(config, build_learner(config))
+    assert f"checkpoint {path} holds NaN or infinite values in tensor '0.weight'" in str(info.value)
+    assert "does not fit" not in str(info.value)
+
+
+def test_the_daemon_counts_a_diverged_model_as_a_failed_checkpoint_and_keeps_the_last(tmp_path, caplog):
+    config = node_config(tmp_path)
+    handle = NodeHandle(config, transport=None, learner=build_learner(config), restored=None)
+    trio.run(handle._save, sample(4))
+    with caplog.at_level(logging.ERROR):
+        trio.run(handle._save, diverged(5))
+    assert (handle.checkpoint_writes, handle.checkpoint_failures, handle.checkpoint_round) == (1, 1, 4)
+    assert "tensor '0.bias' has NaN or infinite values" in handle.checkpoint_error
+    assert "checkpoint failed" in caplog.text
+    assert load_checkpoint(tmp_path / CHECKPOINT_FILE).round == 4
