@@ -9,7 +9,7 @@ import click
 
 from p2pfl import strict_json
 from p2pfl.errors import ConfigError
-from simulations.config import EmulationConfig
+from simulations.config import EmulationConfig, check_topology_size
 from simulations.emulator import run_emulation
 from simulations.report import ProgressBar, write_csv
 from simulations.results import EmulationResult
@@ -85,7 +85,6 @@ def run(
     With no arguments: 16 nodes on a random 4-regular graph. With a scenario file, only --seed,
     --json, --csv, --plots and --progress may be given as well.
     """
-    _prepare_outputs(json_path, csv_dir, plots_dir)
     if scenario is not None:
         given = {
             name
@@ -117,6 +116,11 @@ def run(
             local_steps=local_steps,
             seed=seed,
         )
+        check_topology_size(config)
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from exc
+    _prepare_outputs(json_path, csv_dir, plots_dir)
+    try:
         result = _emulate(config, ProgressBar(enabled=progress))
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from exc
@@ -130,8 +134,8 @@ def _emulate(config: EmulationConfig, bar: ProgressBar) -> EmulationResult:
 
 
 def _prepare_outputs(json_path: Path | None, csv_dir: Path | None, plots_dir: Path | None) -> None:
-    """Create the output folders before the run, so that a path that cannot be written fails now,
-    not after a long run whose results it would lose."""
+    """Create the output folders once the settings are known to be valid and before the run, so
+    that a path that cannot be written fails now, not after a long run whose results it would lose."""
     for option, folder in (
         ("--json", json_path and json_path.parent),
         ("--csv", csv_dir),
@@ -179,6 +183,7 @@ def _run_scenario(
         scenario = load_scenario(path, seed=seed)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from exc
+    _prepare_outputs(*outputs)
     click.echo(f"scenario {scenario.name}: {len(scenario.variants)} variant(s)")
     results = {}
     for variant in scenario.variants:

@@ -408,7 +408,7 @@ def test_run_emulation_reports_each_new_round_to_a_progress_reporter():
 def test_cli_creates_output_folders_and_refuses_one_it_cannot_create_before_running(tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    out = CliRunner().invoke(main, ["sim", "run", "--nodes", "4", "--json", str(blocker / "x" / "s.json")])
+    out = CliRunner().invoke(main, ["sim", "run", "--nodes", "6", "--json", str(blocker / "x" / "s.json")])
     assert out.exit_code == 2 and "--json" in out.output and "cannot create" in out.output
     assert "round" not in out.output  # refused before running
     scenario = tmp_path / "tiny.toml"
@@ -417,3 +417,15 @@ def test_cli_creates_output_folders_and_refuses_one_it_cannot_create_before_runn
     out = CliRunner().invoke(main, ["sim", "run", str(scenario), "--json", str(deep)])
     assert out.exit_code == 0, out.output
     assert json.loads(deep.read_text())["variants"]["gossip"]["final_mean_accuracy"] is not None
+
+
+def test_cli_creates_no_output_folder_for_settings_it_refuses(tmp_path):
+    plots_dir = tmp_path / "plots"
+    # The default 4-regular topology has no graph on 4 nodes.
+    out = CliRunner().invoke(main, ["sim", "run", "--nodes", "4", "--plots", str(plots_dir)])
+    assert out.exit_code == 2 and "no 4-regular graph on 4 nodes" in out.output
+    bad = tmp_path / "bad.toml"
+    bad.write_text('name = "bad"\n[base]\nrounds = 0\n')
+    out = CliRunner().invoke(main, ["sim", "run", str(bad), "--plots", str(plots_dir)])
+    assert out.exit_code == 2 and "rounds must be >= 1" in out.output
+    assert not plots_dir.exists()
