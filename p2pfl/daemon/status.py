@@ -14,15 +14,14 @@ answer is a consistent picture taken between two trio steps. When the node is go
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import threading
 from collections.abc import Callable
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from p2pfl import strict_json
 from p2pfl.daemon.metrics import CONTENT_TYPE, render_metrics
 
 __all__ = ["StatusServer", "StatusUnavailable"]
@@ -114,17 +113,5 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 def _json(document: dict[str, Any]) -> bytes:
-    """`document` as strict JSON: ``json.dumps`` would write a diverged model's NaN loss as ``NaN``,
-    which is no JSON and which most clients (browsers, jq, Go) refuse, so non-finite floats are null."""
-    return (json.dumps(_finite(document), indent=2, sort_keys=True, allow_nan=False) + "\n").encode()
-
-
-def _finite(value: Any) -> Any:
-    """`value` with every NaN or infinite float, however deeply nested, replaced by None."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {key: _finite(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(item) for item in value]
-    return value
+    """`document` as strict JSON: a diverged model's NaN loss is null, not the ``NaN`` most clients refuse."""
+    return (strict_json.dumps(document, indent=2, sort_keys=True) + "\n").encode()
