@@ -60,3 +60,10 @@ def test_a_key_dir_that_cannot_be_made_is_a_key_file_error_naming_the_key(tmp_pa
     ) as info:
         load_or_create_key_pair(key.parent)
     assert isinstance(info.value.__cause__, NotADirectoryError)
+
+
+def test_a_temp_file_left_by_a_killed_daemon_with_our_pid_does_not_block_the_key(tmp_path):
+    # In a container the daemon is pid 1 on every restart: a leftover temp file carries its pid.
+    (tmp_path / f".{KEY_FILE_NAME}.{os.getpid()}.tmp").write_bytes(b"half a key")
+    key_pair = load_or_create_key_pair(tmp_path)
+    assert load_or_create_key_pair(tmp_path).public_key.serialize() == key_pair.public_key.serialize()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import stat
 from pathlib import Path
 
@@ -101,7 +102,9 @@ def _create(path: Path) -> None:
     exists, and either way the file at `path` is complete.
     """
     key_pair = create_new_key_pair()
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    # A random name, not the pid: a daemon killed mid-write leaves its temp file behind, and in a
+    # container the restarted daemon has the same pid (1) and would find it in the way every time.
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
     try:
         with os.fdopen(fd, "wb") as file:
