@@ -9,6 +9,7 @@ the decentralized protocols, so an emulator run can put it beside them on the sa
 from __future__ import annotations
 
 import logging
+import math
 import random
 from dataclasses import dataclass
 
@@ -54,14 +55,15 @@ class FederatedLearning(RoundProtocol):
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.rounds < 0:
-            raise ValueError(f"rounds must be >= 0, got {self.rounds}")
-        if not 1 <= self.s <= len(self.clients):
-            raise ValueError(f"s must be in [1, {len(self.clients)} clients], got {self.s}")
+        if not _is_int(self.rounds) or self.rounds < 0:
+            raise ValueError(f"rounds must be an int >= 0, got {self.rounds!r}")
+        if not _is_int(self.s) or not 1 <= self.s <= len(self.clients):
+            raise ValueError(f"s must be an int in [1, {len(self.clients)} clients], got {self.s!r}")
         if self.server in self.clients:
             raise ValueError(f"the server {self.server!r} cannot also be a client")
-        if self.round_timeout is not None and not self.round_timeout > 0:
-            raise ValueError(f"round_timeout must be None or > 0 seconds, got {self.round_timeout}")
+        timeout = self.round_timeout
+        if timeout is not None and not (_is_number(timeout) and 0 < timeout < math.inf):
+            raise ValueError(f"round_timeout must be None or a finite number of seconds > 0, got {timeout!r}")
 
     async def run(self, transport: Transport, learning: Learning) -> None:
         if transport.peer_id == self.server:
@@ -130,3 +132,11 @@ class _Client:
                 await self.transport.send(self.server, FlUpdate(task.round, self.learning.export_model()))
             except PeerUnreachable as exc:
                 log.info("%s could not return round %d: %s", self.transport.peer_id, task.round, exc)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)  # True is an int to Python
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)

@@ -7,6 +7,7 @@ maps them, in `node_order`, onto its nodes, and takes per-edge attributes (laten
 from __future__ import annotations
 
 import math
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, fields
@@ -164,6 +165,9 @@ _READERS: dict[str, Callable[[Path], nx.Graph]] = {
 }
 
 
+_INTEGER = re.compile(r"-?[0-9]+")
+
+
 def node_order(graph: nx.Graph) -> list[Any]:
     """`graph`'s labels in the order of node indices: numbers by value, then other labels as text.
 
@@ -173,7 +177,7 @@ def node_order(graph: nx.Graph) -> list[Any]:
 
     def key(label: Any) -> tuple[int, int, str]:
         text = str(label)
-        if isinstance(label, int) or text.lstrip("-").isdigit():
+        if _INTEGER.fullmatch(text):  # ASCII digits only: "²" is a digit to str.isdigit, not to int
             return (0, int(text), "")
         return (1, 0, text)
 

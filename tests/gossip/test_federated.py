@@ -56,9 +56,20 @@ def test_a_round_timeout_lets_the_server_go_on_without_a_crashed_client():
 
 
 @pytest.mark.parametrize(
-    "kwargs", [dict(s=0), dict(s=9), dict(server="c1"), dict(round_timeout=0.0), dict(rounds=-1)]
+    ("kwargs", "message"),
+    [
+        (dict(s=0), "s must be an int in"),
+        (dict(s=9), "s must be an int in"),
+        (dict(s=2.5), r"s must be an int in \[1, 8 clients\], got 2.5"),  # crashed in rng.sample
+        (dict(s=True), "s must be an int in .*, got True"),  # one client a round
+        (dict(server="c1"), "cannot also be a client"),
+        (dict(round_timeout=0.0), "round_timeout must be"),
+        (dict(round_timeout=True), "round_timeout must be .*, got True"),
+        (dict(round_timeout="x"), "round_timeout must be .*, got 'x'"),
+        (dict(rounds=-1), "rounds must be an int >= 0"),
+    ],
 )
-def test_bad_settings_are_refused(kwargs):
+def test_bad_settings_are_refused(kwargs, message):
     base = dict(rounds=1, server="srv", clients=CLIENTS, s=2)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=message):
         FederatedLearning(**{**base, **kwargs})

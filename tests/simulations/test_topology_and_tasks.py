@@ -56,6 +56,8 @@ def test_numeric_labels_of_a_graph_file_are_node_indices_by_value(tmp_path):
     assert sorted(result.graph.neighbors(2)) == [1, 3]
     assert sorted(result.graph.neighbors(11)) == [0, 10]
     assert node_order(nx.Graph([("b", "10"), ("10", "2"), ("a", "2")])) == ["2", "10", "a", "b"]
+    # Labels that merely look numeric are text: "--5" and "²" made int() fail.
+    assert node_order(nx.Graph([("--5", "1"), ("1", "²"), ("²", "-3")])) == ["-3", "1", "--5", "²"]
 
 
 def test_synthetic_node_data_is_seeded_per_node_and_skewed_by_alpha():
