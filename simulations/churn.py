@@ -86,6 +86,8 @@ def plan_churn(
             absent.update(chosen)
             picks[index] = tuple(sorted(chosen))
     running = set(range(nodes)) - absent
+    if not running:
+        raise ConfigError("churn: the joins leave no node to start the run")
     planned = []
     for index, event in enumerate(ordered):
         if event.action == "join":
@@ -96,6 +98,11 @@ def plan_churn(
             pool = sorted(running - set(event.nodes))
             count = math.floor(event.fraction * len(running))
             picks[index] = tuple(sorted(_choose(rng, pool, min(count, len(pool))) + list(event.nodes)))
+            if not 0 < len(picks[index]) < len(running):
+                raise ConfigError(
+                    f"churn at round {event.round}: a partition needs running nodes on both sides, "
+                    f"got {len(picks[index])} of {len(running)} on the named side"
+                )
         else:
             if gone := sorted(set(event.nodes) - running):
                 raise ConfigError(f"churn at round {event.round}: nodes {gone} are not running then")

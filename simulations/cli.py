@@ -10,7 +10,7 @@ import click
 from p2pfl import strict_json
 from p2pfl.errors import ConfigError
 from simulations.config import EmulationConfig, check_topology_size
-from simulations.emulator import run_emulation
+from simulations.emulator import check_run, run_emulation
 from simulations.report import ProgressBar, write_csv
 from simulations.results import EmulationResult
 from simulations.scenario import ScenarioResult, load_scenario
@@ -117,13 +117,11 @@ def run(
             seed=seed,
         )
         check_topology_size(config)
+        check_run(config)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from exc
     _prepare_outputs(json_path, csv_dir, plots_dir)
-    try:
-        result = _emulate(config, ProgressBar(enabled=progress))
-    except ConfigError as exc:
-        raise click.UsageError(str(exc)) from exc
+    result = _emulate(config, ProgressBar(enabled=progress))
     click.echo(format_table(result))
     _write_outputs(result, json_path, csv_dir, plots_dir)
 
@@ -183,14 +181,16 @@ def _run_scenario(
         scenario = load_scenario(path, seed=seed)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from exc
+    for index, variant in enumerate(scenario.variants):  # all of them before any runs
+        try:
+            check_run(variant.config)
+        except ConfigError as exc:
+            raise click.UsageError(f"{path}: variants[{index}] ({variant.name}): {exc}") from exc
     _prepare_outputs(*outputs)
     click.echo(f"scenario {scenario.name}: {len(scenario.variants)} variant(s)")
     results = {}
     for variant in scenario.variants:
-        try:
-            results[variant.name] = _emulate(variant.config, ProgressBar(variant.name, enabled=progress))
-        except ConfigError as exc:  # what only the run finds out, e.g. a graph file's attributes
-            raise click.UsageError(f"{path}: variant {variant.name}: {exc}") from exc
+        results[variant.name] = _emulate(variant.config, ProgressBar(variant.name, enabled=progress))
     result = ScenarioResult(scenario, results)
     for name, variant_result in result.results.items():
         click.echo(f"\n== {name}")

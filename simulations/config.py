@@ -190,6 +190,10 @@ class EmulationConfig:
             raise ConfigError("churn: join is supported with protocol 'modest' only")
         server = self.protected
         for event in self.churn:
+            if event.round > self.rounds:
+                raise ConfigError(
+                    f"churn at round {event.round}: after the last round ({self.rounds}), so never applied"
+                )
             if bad := [n for n in event.nodes if not 0 <= n < self.nodes or n in server]:
                 raise ConfigError(
                     f"churn at round {event.round}: nodes {bad} are not in [0, {self.nodes})"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import gc
 import heapq
 import itertools
+import math
 import random
 import resource
 import time
@@ -23,7 +24,7 @@ import numpy as np
 import torch
 import trio
 import trio.testing
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 
 from gossip.dpsgd import DPSGD
 from gossip.federated import FederatedLearning
@@ -85,14 +86,8 @@ def run_emulation(
     task = task or make_task(config)
     if graph is None:
         graph = _graph(config, 0)
-    elif graph.number_of_nodes() != config.nodes:
-        raise ConfigError(f"graph has {graph.number_of_nodes()} nodes but config.nodes is {config.nodes}")
-    absent, plan = plan_churn(
-        config.churn,
-        config.nodes,
-        seed=derive_seed(config.seed, _CHURN),
-        protected=config.protected,
-    )
+    check_run(config, task=task, graph=graph)
+    absent, plan = _plan_churn(config)
     emulation = _Emulation(config, task, graph, absent, plan, progress)
     started = time.perf_counter()
     with (
@@ -114,6 +109,89 @@ def run_emulation(
         peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # KiB on Linux
         graph=nx.relabel_nodes(graph, {label: i for i, label in enumerate(emulation.labels)}),
     )
+
+
+def check_run(config: EmulationConfig, *, task: Task | None = None, graph: nx.Graph | None = None) -> None:
+    """Raise `ConfigError` for what makes a run impossible but takes more than the config to see.
+
+    The churn plan (events naming nodes that are not running then, a partition with an empty side,
+    joins that leave nobody to start), a MoDeST sample larger than the nodes that start, a data
+    split with an empty part, a model that does not fit the data, the attributes of the graph (the
+    config's graph file when `graph` is None; named topologies have none) and links on which no
+    model could arrive within its round. `run_emulation` starts with these checks, and `p2pfl sim
+    run` makes them for every variant of a scenario before it runs the first, so that the last
+    variant's mistake does not cost the earlier runs.
+    """
+    task = task or make_task(config)
+    if graph is None and config.topology_file is not None:
+        graph = _graph(config, 0)
+    if graph is not None and graph.number_of_nodes() != config.nodes:
+        raise ConfigError(f"graph has {graph.number_of_nodes()} nodes but config.nodes is {config.nodes}")
+    absent, _ = _plan_churn(config)
+    if config.protocol == "modest":
+        sample = protocol_params(config).get("s", ModestSettings().s)
+        if sample > config.nodes - len(absent):
+            raise ConfigError(
+                f"protocol_params: s={sample} exceeds the {config.nodes - len(absent)} nodes that "
+                "start; MoDeST would wait for a full sample forever"
+            )
+    links: list[tuple[str, str, dict[str, float]]] = []
+    if graph is not None:
+        labels = node_order(graph)
+        _speeds(config, [graph.nodes[label] for label in labels])
+        links = _links(graph, {label: str(label) for label in labels})
+    model = task.make_model(seed=0)
+    _check_model_fits(model, task, config)
+    if config.protocol not in EVENT_DRIVEN:
+        _check_rounds_fit_links(config, links, 4 * sum(p.numel() for p in model.parameters()))
+
+
+def _plan_churn(config: EmulationConfig) -> tuple[frozenset[int], list[PlannedEvent]]:
+    return plan_churn(
+        config.churn, config.nodes, seed=derive_seed(config.seed, _CHURN), protected=config.protected
+    )
+
+
+def _check_model_fits(model: torch.nn.Module, task: Task, config: EmulationConfig) -> None:
+    """Node 0's first training batch and the test set's first through the model, once, before the
+    run: a model that does not fit the data would otherwise fail inside every node at once."""
+    if task.local_data is not None:
+        train = task.local_data(0)
+    else:
+        try:
+            shards = _split(task, config)
+        except ValueError as exc:
+            raise ConfigError(f"partition: {exc}") from None
+        train = take(task.train, shards[0])
+    for name, data in (("training", train), ("test", task.test)):
+        try:
+            inputs, targets = default_collate([data[i] for i in range(min(len(data), config.batch_size))])
+            with torch.no_grad():
+                torch.nn.functional.cross_entropy(model(inputs), targets)
+        except Exception as exc:  # whatever torch says, it is the task's mistake
+            raise ConfigError(f"task: the model does not fit the {name} data: {exc}") from exc
+
+
+def _check_rounds_fit_links(
+    config: EmulationConfig, links: list[tuple[str, str, dict[str, float]]], model_bytes: int
+) -> None:
+    """For clock-driven protocols: every link must deliver a model within the round it was sent in.
+
+    A link slower than that (latency plus the model's transmit time, after the training) carries
+    models that always arrive too late and are dropped: almost surely a unit mistake (ms for s).
+    """
+    training = config.local_steps * config.seconds_per_step
+    default = {"latency": config.latency, "bandwidth": config.bandwidth or math.inf}
+    for a, b, params in links or [("", "", {})]:
+        where = f"the link {a} - {b}" if params else "links with the default latency and bandwidth"
+        link = {**default, **params}
+        arrival = training + link["latency"] + model_bytes / link["bandwidth"]
+        if arrival >= config.period:
+            raise ConfigError(
+                f"{where}: a model ({model_bytes} bytes) arrives {arrival:g} s into a round "
+                f"of period {config.period} s (training, latency {link['latency']} s, bandwidth "
+                f"{link['bandwidth']} bytes/s): always too late; raise period or speed the link up"
+            )
 
 
 @contextmanager

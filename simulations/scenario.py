@@ -92,6 +92,8 @@ def load_scenario(path: str | Path, *, seed: int | None = None) -> Scenario:
             raise ConfigError(f"{where}.name: duplicate variant name {name!r}")
         names.add(name)
         merged = {**spec.base, **fields, **({"seed": seed} if seed is not None else {})}
+        if isinstance(merged.get("topology_file"), str):  # relative to the scenario, not the shell
+            merged["topology_file"] = str(path.parent / merged["topology_file"])
         try:
             _reject_booleans(merged)
             config = _CONFIG.validate_python(merged)

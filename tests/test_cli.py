@@ -53,6 +53,29 @@ def test_sim_run_writes_strict_json_even_for_infinite_values(tmp_path):
     assert summary["variants"]["default"]["config"]["bandwidth"] is None
 
 
+def test_sim_run_checks_every_variant_before_running_any(tmp_path):
+    scenario = tmp_path / "s.toml"
+    scenario.write_text(
+        'name = "late"\n[base]\nnodes = 6\nrounds = 3\ntopology = "ring"\n[[variants]]\nname = "good"\n'
+        '[[variants]]\nname = "bad"\nchurn = [{ round = 1, action = "crash", nodes = [1] },'
+        ' { round = 2, action = "crash", nodes = [1] }]\n'
+    )
+    out = tmp_path / "out.json"
+    result = CliRunner().invoke(main, ["sim", "run", str(scenario), "--json", str(out)])
+    assert result.exit_code == 2
+    assert "variants[1] (bad): churn at round 2: nodes [1] are not running then" in result.output
+    assert "== good" not in result.output and not out.exists()  # nothing ran
+
+
+def test_sim_run_refuses_a_split_with_an_empty_part_in_one_line():
+    result = CliRunner().invoke(
+        main, ["sim", "run", "--nodes", "64", "--partition", "dirichlet", "--alpha", "0.001"]
+    )
+    assert result.exit_code == 2
+    assert "partition: could not give each of 64 parts a sample" in result.output
+    assert "Traceback" not in result.output
+
+
 def test_sim_run_refuses_options_beside_a_scenario_file(tmp_path):
     scenario = tmp_path / "s.toml"
     scenario.write_text('name = "cli"\n')

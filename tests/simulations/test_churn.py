@@ -51,3 +51,15 @@ def test_booleans_are_not_numbers_in_an_event():
         ChurnEvent(True, "crash")
     with pytest.raises(ConfigError, match=r"nodes\[1\] must be a number, got false"):
         ChurnEvent(2, "crash", nodes=(1, False))
+
+
+def test_joins_that_leave_nobody_to_start_are_refused():
+    # Nobody would run round 1, so the join (applied when a round is reached) would never come.
+    with pytest.raises(ConfigError, match="the joins leave no node to start the run"):
+        plan_churn([ChurnEvent(1, "join", 1.0)], 6, seed=0, protected=frozenset())
+
+
+@pytest.mark.parametrize("event", [ChurnEvent(2, "partition", 1.0), ChurnEvent(2, "partition")])
+def test_a_partition_needs_nodes_on_both_sides(event):
+    with pytest.raises(ConfigError, match="a partition needs running nodes on both sides, got"):
+        plan_churn([event], 6, seed=0, protected=frozenset())

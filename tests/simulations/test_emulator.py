@@ -1,8 +1,11 @@
+from functools import partial
+
 import networkx as nx
 import pytest
 
 from p2pfl.errors import ConfigError
-from simulations import EmulationConfig, build_topology, run_emulation
+from p2pfl.models import mlp
+from simulations import EmulationConfig, Task, build_topology, digits_task, run_emulation
 
 SMALL = dict(nodes=6, rounds=4, local_steps=3, topology="ring", topology_params={})
 
@@ -97,3 +100,16 @@ def test_topology_errors_name_the_problem():
         build_topology("small_world", 6, seed=0, k=2, p=5)
     with pytest.raises(ConfigError, match=r"topology\.k must be an integer, got 2\.5"):
         build_topology("small_world", 6, seed=0, k=2.5)
+
+
+def test_a_task_whose_model_does_not_fit_its_data_is_refused_before_the_run():
+    digits = digits_task()
+    wrong = Task(digits.train, digits.test, make_model=partial(mlp, (8, 4, 10)))  # digits have 64 features
+    with pytest.raises(ConfigError, match=r"task: the model does not fit the training data: .*shapes"):
+        run_emulation(EmulationConfig(**SMALL), task=wrong)
+
+
+def test_a_split_with_an_empty_part_is_refused_before_the_run():
+    config = EmulationConfig(nodes=64, rounds=1, partition="dirichlet", alpha=0.001)
+    with pytest.raises(ConfigError, match="partition: could not give each of 64 parts a sample"):
+        run_emulation(config)

@@ -6,6 +6,7 @@ import pytest
 
 from p2pfl.errors import ConfigError
 from simulations import ChurnEvent, EmulationConfig, run_emulation
+from simulations.emulator import check_run
 
 BASE = dict(nodes=12, protocol="dpsgd", rounds=12, local_steps=5, topology="ring", consensus=True)
 
@@ -99,3 +100,17 @@ def test_attributes_that_are_not_numbers_are_named():
     graph.nodes[2]["speed"] = "quick"
     with pytest.raises(ConfigError, match=r"topology node 2: speed must be a number, got 'quick'"):
         run_emulation(EmulationConfig(nodes=3, rounds=1), graph=graph)
+
+
+def test_links_on_which_no_model_can_arrive_within_its_round_are_refused():
+    slow = nx.cycle_graph(4)
+    nx.set_edge_attributes(slow, 5.0, "latency")  # seconds, meant as milliseconds?
+    config = EmulationConfig(nodes=4, protocol="dpsgd", rounds=4, local_steps=1, task="synthetic")
+    with pytest.raises(ConfigError, match=r"the link 0 - 1: a model \(\d+ bytes\) arrives 5.001 s into"):
+        run_emulation(config, graph=slow)
+    narrow = EmulationConfig(**{**config.__dict__, "bandwidth": 1000.0, "topology": "ring"})
+    defaults = r"links with the default latency and bandwidth: a model .* always too late; raise period"
+    with pytest.raises(ConfigError, match=defaults):
+        run_emulation(narrow)
+    # Event-driven protocols wait for models as long as they take.
+    check_run(EmulationConfig(**{**narrow.__dict__, "protocol": "modest", "protocol_params": {"s": 2}}))

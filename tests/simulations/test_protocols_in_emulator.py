@@ -106,6 +106,14 @@ def test_gossip_nodes_can_crash_too():
     assert counts[0] == 6 and 4 <= counts[1] <= 6 and counts[2:] == [4, 4, 4]
 
 
+@pytest.mark.parametrize(("nodes", "churn"), [(8, ()), (12, (ChurnEvent(2, "join", nodes=(3, 4, 5)),))])
+def test_a_modest_sample_larger_than_the_starting_nodes_is_refused(nodes, churn):
+    # s = 10 by default: 8 nodes, or 12 of which 3 join later, could never fill a sample.
+    config = EmulationConfig(nodes=nodes, rounds=2, protocol="modest", topology="ring", churn=churn)
+    with pytest.raises(ConfigError, match=r"protocol_params: s=10 exceeds the \d nodes that start"):
+        run_emulation(config)
+
+
 def test_churn_at_round_0_holds_from_the_start():
     churn = (ChurnEvent(round=0, action="crash", nodes=(0, 1)),)
     result = run_emulation(EmulationConfig(nodes=6, rounds=3, local_steps=1, task="synthetic", churn=churn))

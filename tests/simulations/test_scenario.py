@@ -91,3 +91,12 @@ def test_a_file_without_variants_is_one_default_variant(tmp_path):
 def test_errors_name_the_file_and_field(tmp_path, text, message):
     with pytest.raises(ConfigError, match=message):
         load_scenario(write(tmp_path, text))
+
+
+def test_a_relative_topology_file_is_found_beside_the_scenario(tmp_path, monkeypatch):
+    (tmp_path / "graphs").mkdir()
+    (tmp_path / "graphs" / "ring.edgelist").write_text("".join(f"{i} {(i + 1) % 4}\n" for i in range(4)))
+    path = write(tmp_path, 'name = "x"\n[base]\nnodes = 4\ntopology_file = "graphs/ring.edgelist"\n')
+    monkeypatch.chdir("/")  # not where the scenario is
+    (variant,) = load_scenario(path).variants
+    assert variant.config.topology_file == str(tmp_path / "graphs" / "ring.edgelist")

@@ -93,7 +93,7 @@ BAD = [
     ("topology_params", 'topology_params = { k = "two" }', "topology_params.k.int: Input should be a valid"),
     ("topology_params", "topology_params = { k = true, p = 0.2 }", "topology_params.k must be a number"),
     ("topology_file", "topology_file = 3", "topology_file: Input should be a valid string"),
-    ("topology_file", 'topology_file = "missing.graphml"', "topology_file: topology file missing.graphml"),
+    ("topology_file", 'topology_file = "missing.graphml"', "/missing.graphml: [Errno 2] No such"),
     ("topology_file", "nodes = 7", "topology_file"),  # the ring file has 6 nodes
     ("resample_every", 'resample_every = "often"', "resample_every: Input should be a valid integer"),
     ("resample_every", "resample_every = -1", "resample_every must be >= 0, got -1"),
@@ -165,6 +165,7 @@ BAD = [
     ("churn", 'churn = [{ round = 1, action = "crash", nodes = [6] }]', "nodes [6] are not in [0, 6)"),
     ("churn", 'churn = [{ round = 1, action = "crash", nodes = [3, 3] }]', "nodes [3] are listed more than"),
     ("churn", 'churn = [{ round = true, action = "crash" }]', "churn.0: round must be a number, got true"),
+    ("churn", 'churn = [{ round = 5, action = "crash", fraction = 0.2 }]', "after the last round (4)"),
     # GOOD's churn has a join, which only MoDeST supports
     ("churn", 'protocol = "gossip"\nprotocol_params = {}', "churn: join is supported with protocol 'modest'"),
     # Byzantine nodes
