@@ -84,9 +84,9 @@ def run_emulation(
     """
     config = config or EmulationConfig()
     task = task or make_task(config)
+    check_run(config, task=task, graph=graph)  # a named topology's graph has no attributes to check
     if graph is None:
         graph = _graph(config, 0)
-    check_run(config, task=task, graph=graph)
     absent, plan = _plan_churn(config)
     emulation = _Emulation(config, task, graph, absent, plan, progress)
     started = time.perf_counter()
