@@ -21,7 +21,7 @@ from typing import Literal
 import numpy as np
 
 from p2pfl.errors import ConfigError
-from simulations.field_types import reject_booleans
+from simulations.field_types import check_types
 
 Action = Literal["crash", "leave", "join", "partition", "heal"]
 _ACTIONS = ("crash", "leave", "join", "partition", "heal")
@@ -41,7 +41,7 @@ class ChurnEvent:
     nodes: tuple[int, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
-        reject_booleans(ChurnEvent, vars(self))
+        check_types(ChurnEvent, vars(self))
         if self.action not in _ACTIONS:
             raise ConfigError(f"churn.action must be one of {', '.join(_ACTIONS)}, got {self.action!r}")
         if self.action == "heal" and (self.fraction or self.nodes):

@@ -20,7 +20,7 @@ from p2pfl.attacks import Attack, build_attack
 from p2pfl.attacks.registry import ATTACKS
 from p2pfl.errors import ConfigError
 from simulations.churn import ChurnEvent
-from simulations.field_types import reject_booleans
+from simulations.field_types import check_types
 from simulations.synthetic import GaussianMixture, synthetic_task
 from simulations.task import ACTIVATIONS, Task, digits_task
 from simulations.topology import check_size, load_topology, topology
@@ -111,7 +111,9 @@ class EmulationConfig:
         return frozenset({FL_SERVER}) if self.protocol == "fl" else frozenset()
 
     def __post_init__(self) -> None:
-        reject_booleans(EmulationConfig, vars(self))
+        check_types(EmulationConfig, vars(self))
+        if not all(isinstance(event, ChurnEvent) for event in self.churn):
+            raise ConfigError(f"churn must be ChurnEvents, got {self.churn!r}")
         if self.nodes < 2:
             raise ConfigError(f"nodes must be >= 2, got {self.nodes}")
         if self.rounds < 1:

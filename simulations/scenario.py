@@ -31,7 +31,7 @@ from p2pfl.errors import ConfigError
 from simulations.churn import ChurnEvent
 from simulations.config import EmulationConfig, check_topology_size
 from simulations.emulator import run_emulation
-from simulations.field_types import reject_booleans
+from simulations.field_types import check_types
 from simulations.results import EmulationResult
 
 
@@ -72,7 +72,7 @@ def load_scenario(path: str | Path, *, seed: int | None = None) -> Scenario:
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"{path}: {exc}") from exc
     try:
-        reject_booleans(_ScenarioFile, document)
+        check_types(_ScenarioFile, document)
         spec = _FILE.validate_python(document)
     except ValidationError as exc:
         raise ConfigError(f"{path}: {_describe(exc)}") from exc
@@ -95,7 +95,7 @@ def load_scenario(path: str | Path, *, seed: int | None = None) -> Scenario:
         if isinstance(merged.get("topology_file"), str):  # relative to the scenario, not the shell
             merged["topology_file"] = str(path.parent / merged["topology_file"])
         try:
-            _reject_booleans(merged)
+            _check_types(merged)
             config = _CONFIG.validate_python(merged)
             check_topology_size(config)
         except ValidationError as exc:
@@ -134,14 +134,14 @@ def run_scenario(scenario: Scenario) -> ScenarioResult:
     return ScenarioResult(scenario, {v.name: run_emulation(v.config) for v in scenario.variants})
 
 
-def _reject_booleans(fields: dict[str, Any]) -> None:
-    """`true`/`false` given for numbers, which pydantic would read as 1 and 0 (see `reject_booleans`)."""
-    reject_booleans(EmulationConfig, fields)
+def _check_types(fields: dict[str, Any]) -> None:
+    """Values of the wrong type, before pydantic converts them (see `check_types`)."""
+    check_types(EmulationConfig, fields)
     churn = fields.get("churn")
     for index, event in enumerate(churn if isinstance(churn, list) else []):
         if isinstance(event, dict):
             try:
-                reject_booleans(ChurnEvent, event)
+                check_types(ChurnEvent, event)
             except ConfigError as exc:
                 raise ConfigError(f"churn.{index}: {exc}") from None
 

@@ -47,9 +47,9 @@ def test_an_event_naming_a_node_twice_is_refused():
 
 
 def test_booleans_are_not_numbers_in_an_event():
-    with pytest.raises(ConfigError, match="round must be a number, got true"):
+    with pytest.raises(ConfigError, match="round must be an integer, got true"):
         ChurnEvent(True, "crash")
-    with pytest.raises(ConfigError, match=r"nodes\[1\] must be a number, got false"):
+    with pytest.raises(ConfigError, match=r"nodes\[1\] must be an integer, got false"):
         ChurnEvent(2, "crash", nodes=(1, False))
 
 

@@ -75,7 +75,7 @@ def test_a_file_without_variants_is_one_default_variant(tmp_path):
         ('nam = "x"', "name"),  # missing required, unknown key
         ('name = "x"\ncolour = 1', "colour"),
         ('name = "x"\n[base]\nnodez = 3', "variants\\[0\\] \\(default\\): nodez"),
-        ('name = "x"\n[base]\nnodes = "many"', "nodes: Input should be a valid integer"),
+        ('name = "x"\n[base]\nnodes = "many"', "nodes must be an integer, got 'many'"),
         ('name = "x"\n[base]\nnodes = 1', "nodes must be >= 2"),
         ('name = "x"\n[base]\nprotocol = "flood"', "protocol must be one of"),
         ('name = "x"\n[base]\ninit = "random"', "init must be"),
