@@ -157,6 +157,8 @@ def _check_model_fits(model: torch.nn.Module, task: Task, config: EmulationConfi
     run: a model that does not fit the data would otherwise fail inside every node at once."""
     if task.local_data is not None:
         train = task.local_data(0)
+    elif isinstance(task, TransferTask):
+        train = task.train  # the pool that nodes draw their classes from (`transfer_node`), unsplit
     else:
         try:
             shards = _split(task, config)

@@ -13,7 +13,7 @@ from p2pfl.model_state import ModelState
 from p2pfl.transfer import KeepLocal, MaskedLinear
 from simulations import EmulationConfig, run_emulation
 from simulations.config import make_task
-from simulations.emulator import _Emulation, _graph
+from simulations.emulator import _Emulation, _graph, check_run
 from simulations.scenario import load_scenario
 from transport.memory import open_memory_network
 
@@ -149,3 +149,10 @@ def test_the_bristle_scenario_file_loads_with_exact_attacker_counts():
         )
         counts[variant.name] = (len(emulation.byzantine), variant.config.nodes)
     assert {v for v in counts.values()} == {(0, 20), (10, 30), (30, 50)}
+
+
+def test_nodes_draw_from_the_pool_so_it_need_not_split_into_one_part_per_node():
+    # More nodes than the pool has samples: fine, nodes draw their classes' samples from it.
+    config = EmulationConfig(**{**BASE, "nodes": 1500, "topology": "ring"})
+    assert len(make_task(config).train) < 1500
+    check_run(config)
