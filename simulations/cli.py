@@ -13,7 +13,7 @@ from simulations.config import EmulationConfig, check_topology_size
 from simulations.emulator import check_run, run_emulation
 from simulations.report import ProgressBar, write_csv
 from simulations.results import EmulationResult
-from simulations.scenario import ScenarioResult, load_scenario
+from simulations.scenario import ScenarioResult, check_variants, load_scenario
 from simulations.topology import BUILDERS
 
 _DEFAULTS = EmulationConfig()
@@ -181,11 +181,10 @@ def _run_scenario(
         scenario = load_scenario(path, seed=seed)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from exc
-    for index, variant in enumerate(scenario.variants):  # all of them before any runs
-        try:
-            check_run(variant.config)
-        except ConfigError as exc:
-            raise click.UsageError(f"{path}: variants[{index}] ({variant.name}): {exc}") from exc
+    try:
+        check_variants(scenario)
+    except ConfigError as exc:
+        raise click.UsageError(f"{path}: {exc}") from exc
     _prepare_outputs(*outputs)
     click.echo(f"scenario {scenario.name}: {len(scenario.variants)} variant(s)")
     results = {}

@@ -30,7 +30,7 @@ from pydantic import ConfigDict, TypeAdapter, ValidationError, with_config
 from p2pfl.errors import ConfigError
 from simulations.churn import ChurnEvent
 from simulations.config import EmulationConfig, check_topology_size
-from simulations.emulator import run_emulation
+from simulations.emulator import check_run, run_emulation
 from simulations.field_types import check_types
 from simulations.results import EmulationResult
 
@@ -129,8 +129,18 @@ class ScenarioResult:
         }
 
 
+def check_variants(scenario: Scenario) -> None:
+    """`check_run` for every variant, so that the last one's mistake is found before the first runs."""
+    for index, variant in enumerate(scenario.variants):
+        try:
+            check_run(variant.config)
+        except ConfigError as exc:
+            raise ConfigError(f"variants[{index}] ({variant.name}): {exc}") from exc
+
+
 def run_scenario(scenario: Scenario) -> ScenarioResult:
-    """Run every variant in order."""
+    """Run every variant in order, once all have passed `check_variants`."""
+    check_variants(scenario)
     return ScenarioResult(scenario, {v.name: run_emulation(v.config) for v in scenario.variants})
 
 

@@ -1,6 +1,7 @@
 import pytest
 
 from p2pfl.errors import ConfigError
+from simulations import scenario as scenario_module
 from simulations.scenario import load_scenario, run_scenario
 
 SMALL = """
@@ -100,3 +101,16 @@ def test_a_relative_topology_file_is_found_beside_the_scenario(tmp_path, monkeyp
     monkeypatch.chdir("/")  # not where the scenario is
     (variant,) = load_scenario(path).variants
     assert variant.config.topology_file == str(tmp_path / "graphs" / "ring.edgelist")
+
+
+def test_run_scenario_checks_every_variant_before_running_any(tmp_path, monkeypatch):
+    ran = []
+    monkeypatch.setattr(scenario_module, "run_emulation", lambda config: ran.append(config))
+    text = (
+        'name = "x"\n[base]\nnodes = 4\nrounds = 2\ntopology = "ring"\n[[variants]]\nname = "good"\n'
+        '[[variants]]\nname = "bad"\nchurn = [{ round = 1, action = "crash", nodes = [1] },'
+        ' { round = 2, action = "leave", nodes = [1] }]\n'
+    )
+    with pytest.raises(ConfigError, match=r"variants\[1\] \(bad\): churn at round 2: nodes \[1\] are not"):
+        run_scenario(load_scenario(write(tmp_path, text)))
+    assert ran == []
