@@ -43,6 +43,12 @@ _SCENARIO_COMPATIBLE = {"scenario", "seed", "json_path", "csv_dir", "plots_dir",
 )
 @click.option("--alpha", default=_DEFAULTS.alpha, show_default=True, help="Dirichlet concentration.")
 @click.option("--local-steps", default=_DEFAULTS.local_steps, show_default=True)
+@click.option(
+    "--period",
+    default=_DEFAULTS.period,
+    show_default=True,
+    help="Virtual seconds per round; must exceed training (local steps x seconds per step) plus latency.",
+)
 @click.option("--seed", default=_DEFAULTS.seed, show_default=True)
 @click.option(
     "--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the summary here."
@@ -74,6 +80,7 @@ def run(
     partition: str,
     alpha: float,
     local_steps: int,
+    period: float,
     seed: int,
     json_path: Path | None,
     csv_dir: Path | None,
@@ -114,6 +121,7 @@ def run(
             partition=partition,
             alpha=alpha,
             local_steps=local_steps,
+            period=period,
             seed=seed,
         )
         check_topology_size(config)

@@ -76,6 +76,16 @@ def test_sim_run_refuses_a_split_with_an_empty_part_in_one_line():
     assert "Traceback" not in result.output
 
 
+def test_sim_run_takes_a_period_long_enough_for_many_local_steps():
+    # 1,000 steps of 1 ms do not fit the default 1 s round; the error says to raise period.
+    args = ["sim", "run", "--nodes", "4", "--topology", "ring", "--rounds", "1", "--local-steps", "1000"]
+    refused = CliRunner().invoke(main, args)
+    assert refused.exit_code == 2 and "period (1.0 s) must exceed training time" in refused.output
+    result = CliRunner().invoke(main, [*args, "--period", "2"])
+    assert result.exit_code == 0, result.output
+    assert "virtual s" in result.output and "2.00" in result.output.splitlines()[1]
+
+
 def test_sim_run_refuses_options_beside_a_scenario_file(tmp_path):
     scenario = tmp_path / "s.toml"
     scenario.write_text('name = "cli"\n')
