@@ -13,6 +13,8 @@ import sys
 import time
 from typing import Any, TextIO
 
+from p2pfl import strict_json
+
 __all__ = ["configure_logging"]
 
 # Attributes every LogRecord has; anything else on a record came in through `extra=`.
@@ -37,8 +39,10 @@ def _fields(record: logging.LogRecord) -> dict[str, Any]:
 
 
 class JsonFormatter(logging.Formatter):
+    """One JSON object per line; a diverged loss (NaN) is null, as in /status (`strict_json`)."""
+
     def format(self, record: logging.LogRecord) -> str:
-        return json.dumps(_fields(record), default=str)
+        return strict_json.dumps(_fields(record), default=str)
 
 
 class KeyValueFormatter(logging.Formatter):

@@ -53,3 +53,15 @@ def test_libp2p_debug_env_sets_levels_but_not_the_format(restore_logging, monkey
         ("libp2p.network.swarm", "debug", "dialing")
     ]
     assert capsys.readouterr().err == ""
+
+
+def test_a_nan_in_a_json_log_line_is_null(restore_logging):
+    out = io.StringIO()
+    configure_logging("info", "json", stream=out)
+    logging.getLogger("p2pfl.test").info("round finished", extra={"loss": float("nan"), "round": 3})
+
+    def refuse(token):
+        raise ValueError(f"not JSON: {token}")
+
+    (line,) = [json.loads(text, parse_constant=refuse) for text in out.getvalue().splitlines()]
+    assert (line["msg"], line["loss"], line["round"]) == ("round finished", None, 3)
