@@ -9,7 +9,6 @@ the decentralized protocols, so an emulator run can put it beside them on the sa
 from __future__ import annotations
 
 import logging
-import math
 import random
 from dataclasses import dataclass
 
@@ -17,6 +16,7 @@ import trio
 
 from gossip.learning import Learning
 from gossip.protocol import RoundProtocol
+from gossip.values import is_int, is_seconds
 from transport.base import PeerId, Received, Transport
 from transport.codec import message
 from transport.errors import PeerUnreachable
@@ -55,14 +55,14 @@ class FederatedLearning(RoundProtocol):
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if not _is_int(self.rounds) or self.rounds < 0:
+        if not is_int(self.rounds) or self.rounds < 0:
             raise ValueError(f"rounds must be an int >= 0, got {self.rounds!r}")
-        if not _is_int(self.s) or not 1 <= self.s <= len(self.clients):
+        if not is_int(self.s) or not 1 <= self.s <= len(self.clients):
             raise ValueError(f"s must be an int in [1, {len(self.clients)} clients], got {self.s!r}")
         if self.server in self.clients:
             raise ValueError(f"the server {self.server!r} cannot also be a client")
         timeout = self.round_timeout
-        if timeout is not None and not (_is_number(timeout) and 0 < timeout < math.inf):
+        if timeout is not None and not is_seconds(timeout):
             raise ValueError(f"round_timeout must be None or a finite number of seconds > 0, got {timeout!r}")
 
     async def run(self, transport: Transport, learning: Learning) -> None:
@@ -132,11 +132,3 @@ class _Client:
                 await self.transport.send(self.server, FlUpdate(task.round, self.learning.export_model()))
             except PeerUnreachable as exc:
                 log.info("%s could not return round %d: %s", self.transport.peer_id, task.round, exc)
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)  # True is an int to Python
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)

@@ -12,17 +12,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
+from gossip.values import is_int, is_seconds
+
 __all__ = ["ModestSettings", "setting_problem"]
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_seconds(value: object) -> bool:
-    return (
-        isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value > 0
-    )
 
 
 def _models_needed(s: int, sf: float) -> int:
@@ -31,14 +23,14 @@ def _models_needed(s: int, sf: float) -> int:
 
 
 def _s(value: object, valid: Mapping[str, Any]) -> str | None:
-    return None if _is_int(value) and value >= 1 else f"must be an int >= 1, got {value!r}"
+    return None if is_int(value) and value >= 1 else f"must be an int >= 1, got {value!r}"
 
 
 def _a(value: object, valid: Mapping[str, Any]) -> str | None:
     if "s" not in valid:
         return _s(value, valid)
     s = valid["s"]
-    return None if _is_int(value) and 1 <= value <= s else f"must be an int in [1, s={s}], got {value!r}"
+    return None if is_int(value) and 1 <= value <= s else f"must be an int in [1, s={s}], got {value!r}"
 
 
 def _sf(value: object, valid: Mapping[str, Any]) -> str | None:
@@ -47,24 +39,24 @@ def _sf(value: object, valid: Mapping[str, Any]) -> str | None:
 
 
 def _seconds(value: object, valid: Mapping[str, Any]) -> str | None:
-    return None if _is_seconds(value) else f"must be a finite number of seconds > 0, got {value!r}"
+    return None if is_seconds(value) else f"must be a finite number of seconds > 0, got {value!r}"
 
 
 def _optional_seconds(value: object, valid: Mapping[str, Any]) -> str | None:
-    if value is None or _is_seconds(value):
+    if value is None or is_seconds(value):
         return None
     return f"must be None or a finite number of seconds > 0, got {value!r}"
 
 
 def _rounds(value: object, valid: Mapping[str, Any]) -> str | None:
-    return None if _is_int(value) and value >= 0 else f"must be an int >= 0, got {value!r}"
+    return None if is_int(value) and value >= 0 else f"must be an int >= 0, got {value!r}"
 
 
 def _min_models(value: object, valid: Mapping[str, Any]) -> str | None:
     if "s" not in valid or "sf" not in valid:
         return _s(value, valid)
     needed = _models_needed(valid["s"], valid["sf"])
-    if _is_int(value) and 1 <= value <= needed:
+    if is_int(value) and 1 <= value <= needed:
         return None
     return f"must be an int in [1, models_needed={needed}], got {value!r}"
 
@@ -73,9 +65,9 @@ def _start_depth(value: object, valid: Mapping[str, Any]) -> str | None:
     if value is None:
         return None
     if "s" not in valid:
-        return None if _is_int(value) else f"must be None or an int, got {value!r}"
+        return None if is_int(value) else f"must be None or an int, got {value!r}"
     s = valid["s"]
-    return None if _is_int(value) and value >= s else f"must be None or an int >= s={s}, got {value!r}"
+    return None if is_int(value) and value >= s else f"must be None or an int >= s={s}, got {value!r}"
 
 
 # One check per setting, in field order: a bound on another setting (a <= s) comes after it.
