@@ -9,11 +9,12 @@ import click
 
 from p2pfl import strict_json
 from p2pfl.errors import ConfigError
-from simulations.config import EmulationConfig, check_topology_size
+from simulations.config import EmulationConfig, check_topology_size, make_task
 from simulations.emulator import check_run, run_emulation
 from simulations.report import ProgressBar, write_csv
 from simulations.results import EmulationResult
 from simulations.scenario import ScenarioResult, check_variants, load_scenario
+from simulations.task import Task
 from simulations.topology import BUILDERS
 
 _DEFAULTS = EmulationConfig()
@@ -125,18 +126,19 @@ def run(
             seed=seed,
         )
         check_topology_size(config)
-        check_run(config)
+        task = make_task(config)
+        check_run(config, task=task)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from exc
     _prepare_outputs(json_path, csv_dir, plots_dir)
-    result = _emulate(config, ProgressBar(enabled=progress))
+    result = _emulate(config, task, ProgressBar(enabled=progress))
     click.echo(format_table(result))
     _write_outputs(result, json_path, csv_dir, plots_dir)
 
 
-def _emulate(config: EmulationConfig, bar: ProgressBar) -> EmulationResult:
+def _emulate(config: EmulationConfig, task: Task, bar: ProgressBar) -> EmulationResult:
     with bar:
-        return run_emulation(config, progress=bar)
+        return run_emulation(config, task=task, progress=bar)
 
 
 def _prepare_outputs(json_path: Path | None, csv_dir: Path | None, plots_dir: Path | None) -> None:
@@ -190,15 +192,18 @@ def _run_scenario(
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from exc
     try:
-        check_variants(scenario)
+        tasks = check_variants(scenario)
     except ConfigError as exc:
         raise click.UsageError(f"{path}: {exc}") from exc
     _prepare_outputs(*outputs)
     click.echo(f"scenario {scenario.name}: {len(scenario.variants)} variant(s)")
-    results = {}
-    for variant in scenario.variants:
-        results[variant.name] = _emulate(variant.config, ProgressBar(variant.name, enabled=progress))
-    result = ScenarioResult(scenario, results)
+    result = ScenarioResult(
+        scenario,
+        {
+            v.name: _emulate(v.config, tasks[v.name], ProgressBar(v.name, enabled=progress))
+            for v in scenario.variants
+        },
+    )
     for name, variant_result in result.results.items():
         click.echo(f"\n== {name}")
         click.echo(format_table(variant_result))

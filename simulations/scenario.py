@@ -29,10 +29,11 @@ from pydantic import ConfigDict, TypeAdapter, ValidationError, with_config
 
 from p2pfl.errors import ConfigError
 from simulations.churn import ChurnEvent
-from simulations.config import EmulationConfig, check_topology_size
+from simulations.config import EmulationConfig, check_topology_size, make_task
 from simulations.emulator import check_run, run_emulation
 from simulations.field_types import check_types
 from simulations.results import EmulationResult
+from simulations.task import Task
 
 
 @with_config(ConfigDict(extra="forbid"))
@@ -129,19 +130,28 @@ class ScenarioResult:
         }
 
 
-def check_variants(scenario: Scenario) -> None:
-    """`check_run` for every variant, so that the last one's mistake is found before the first runs."""
+def check_variants(scenario: Scenario) -> dict[str, Task]:
+    """`check_run` for every variant, so that the last one's mistake is found before the first runs.
+
+    Returns each variant's task, made for the check, for its run to use: making one can take
+    seconds (digits_transfer pre-trains its extractor).
+    """
+    tasks = {}
     for index, variant in enumerate(scenario.variants):
         try:
-            check_run(variant.config)
+            tasks[variant.name] = make_task(variant.config)
+            check_run(variant.config, task=tasks[variant.name])
         except ConfigError as exc:
             raise ConfigError(f"variants[{index}] ({variant.name}): {exc}") from exc
+    return tasks
 
 
 def run_scenario(scenario: Scenario) -> ScenarioResult:
     """Run every variant in order, once all have passed `check_variants`."""
-    check_variants(scenario)
-    return ScenarioResult(scenario, {v.name: run_emulation(v.config) for v in scenario.variants})
+    tasks = check_variants(scenario)
+    return ScenarioResult(
+        scenario, {v.name: run_emulation(v.config, task=tasks[v.name]) for v in scenario.variants}
+    )
 
 
 def _check_types(fields: dict[str, Any]) -> None:
