@@ -99,15 +99,15 @@ def test_resampling_rewires_links_between_rounds_and_keeps_degrees():
     assert moving.final_mean_accuracy != fixed.final_mean_accuracy
 
 
+# D-PSGD on 8 synthetic nodes for 6 rounds, for the resampling-with-churn tests.
+SMALL_DPSGD = dict(nodes=8, rounds=6, protocol="dpsgd", task="synthetic", local_steps=1)
+
+
 def test_resampling_links_only_the_nodes_still_running():
     config = EmulationConfig(
-        nodes=8,
-        rounds=6,
-        protocol="dpsgd",
+        **SMALL_DPSGD,
         topology="random_regular",
         topology_params={"degree": 3},
-        task="synthetic",
-        local_steps=1,
         resample_every=1,
         churn=(ChurnEvent(2, "leave", nodes=(0, 1)),),
     )
@@ -122,13 +122,9 @@ def test_resampling_links_only_the_nodes_still_running():
 def test_resampling_a_family_that_does_not_fit_the_survivors_still_leaves_them_out():
     # 7 survivors make no 2-row torus: the draw is over all 8 nodes, minus the leaver's edges.
     config = dict(
-        nodes=8,
-        rounds=6,
-        protocol="dpsgd",
+        **SMALL_DPSGD,
         topology="torus",
         topology_params={"rows": 2},
-        task="synthetic",
-        local_steps=1,
         churn=(ChurnEvent(2, "leave", nodes=(0,)),),
     )
     fixed = run_emulation(EmulationConfig(**config))
