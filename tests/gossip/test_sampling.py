@@ -53,7 +53,8 @@ def test_order_matches_the_definition_and_fixed_values(round_):
 def test_order_is_the_same_in_other_processes_whatever_their_hash_seed():
     code = f"from gossip.sampling import sample_order; print(','.join(sample_order({PEERS!r}, 7)))"
     for seed in ("1", "12345"):
-        env = {**os.environ, "PYTHONHASHSEED": seed, "PYTHONPATH": str(ROOT)}
+        path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+        env = {**os.environ, "PYTHONHASHSEED": seed, "PYTHONPATH": path}
         out = subprocess.run(
             [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
         )

@@ -24,8 +24,16 @@ def _pool(task, **kwargs) -> LearnerPool:
 
 def test_pooled_training_matches_a_learner_per_node(task):
     pool = _pool(task)
-    plain = [
-        Learner(task.make_model(seed=i % 2), task.local_data(i), task.test, batch_size=16, lr=0.1, seed=i)
+    plain = [  # on the pool's device (the CPU), also where CUDA is present: the same arithmetic
+        Learner(
+            task.make_model(seed=i % 2),
+            task.local_data(i),
+            task.test,
+            batch_size=16,
+            lr=0.1,
+            seed=i,
+            device="cpu",
+        )
         for i in range(5)
     ]
     pooled = [pool.learner(data=partial(task.local_data, i), init_seed=i % 2, seed=i) for i in range(5)]
