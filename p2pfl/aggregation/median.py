@@ -5,7 +5,8 @@ Both are order statistics of every column of the (n, d) matrix. `torch.median(di
 here, on a CPU, each small block of columns is sorted by a bitonic sorting network whose
 compare-exchange layers are elementwise `minimum`/`maximum` over whole rows, vectorised passes over
 memory that stays in cache (about 3x faster than `torch.median` at n = 32, d = 1e6, busy 2-core
-machine). Other devices, and more than 256 models, use `torch.sort` on large column blocks.
+machine). Other devices, and more than 256 models, use `torch.sort` on large column blocks, except
+the median of more than 32 models on CUDA, which selects its middle values with `torch.kthvalue`.
 Inputs are assumed finite (received models are checked at the edge); a NaN spoils its column."""
 
 from __future__ import annotations
@@ -28,11 +29,17 @@ __all__ = ["CoordinateMedian", "TrimmedMean", "coordinate_median", "trimmed_mean
 _SERIAL_ELEMENTS = 32767
 # Beyond this many rows the blocks get too narrow to pay for the calls; torch.sort takes over.
 _NETWORK_MAX_ROWS = 256
+# On CUDA, torch.sort sorts columns of up to 32 rows within a warp and falls back to a segmented sort
+# beyond, about 3x slower; there, selecting the middle values wins (H200, torch 2.11, n x 1e7 float32:
+# n = 32 sorted 15 ms, by kthvalue 34 ms; n = 33 sorted 59 ms, by kthvalue 19 ms).
+_CUDA_SORT_MAX_ROWS = 32
 
 
 def coordinate_median(matrix: torch.Tensor) -> torch.Tensor:
     """The median of every column, (d,); the mean of the two middle values when n is even."""
     n = matrix.shape[0]
+    if matrix.device.type == "cuda" and n > _CUDA_SORT_MAX_ROWS:
+        return median_by_selection(matrix)
     low, high = (n - 1) // 2, n // 2
 
     def middle(ordered: torch.Tensor, out: torch.Tensor) -> None:
@@ -42,6 +49,16 @@ def coordinate_median(matrix: torch.Tensor) -> torch.Tensor:
             torch.add(ordered[low] * 0.5, ordered[high], alpha=0.5, out=out)
 
     return _reduce_sorted_columns(matrix, middle)
+
+
+def median_by_selection(matrix: torch.Tensor) -> torch.Tensor:
+    """`coordinate_median` by one or two `torch.kthvalue` selections instead of a sort."""
+    n = matrix.shape[0]
+    low, high = (n - 1) // 2, n // 2
+    lower = torch.kthvalue(matrix, low + 1, dim=0).values
+    if low == high:
+        return lower
+    return torch.add(lower * 0.5, torch.kthvalue(matrix, high + 1, dim=0).values, alpha=0.5)
 
 
 def trimmed_mean(matrix: torch.Tensor, trim: int) -> torch.Tensor:

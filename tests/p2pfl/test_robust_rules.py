@@ -30,7 +30,7 @@ from p2pfl.aggregation.clipping import centered_clipping, clipped_gossip
 from p2pfl.aggregation.distances import centered_gram, pairwise_sq_distances
 from p2pfl.aggregation.geometric_median import geometric_median
 from p2pfl.aggregation.krum import krum, krum_scores, multi_krum
-from p2pfl.aggregation.median import BitonicNetwork, coordinate_median, trimmed_mean
+from p2pfl.aggregation.median import BitonicNetwork, coordinate_median, median_by_selection, trimmed_mean
 from p2pfl.aggregation.registry import AGGREGATORS, build_aggregator
 from p2pfl.errors import ConfigError
 from p2pfl.model_state import ModelState
@@ -156,9 +156,9 @@ def test_bitonic_sort_equals_torch_sort(rows):
 def test_median_and_trimmed_mean_match_sort(n, trim, seed):
     matrix = torch.randn(n, 300, generator=torch.Generator().manual_seed(seed))
     ordered = torch.sort(matrix.double(), dim=0).values
-    torch.testing.assert_close(
-        coordinate_median(matrix).double(), (ordered[(n - 1) // 2] + ordered[n // 2]) / 2, rtol=0, atol=1e-6
-    )
+    middle = (ordered[(n - 1) // 2] + ordered[n // 2]) / 2
+    torch.testing.assert_close(coordinate_median(matrix).double(), middle, rtol=0, atol=1e-6)
+    torch.testing.assert_close(median_by_selection(matrix).double(), middle, rtol=0, atol=1e-6)
     t = min(trim, (n - 1) // 2)
     torch.testing.assert_close(
         trimmed_mean(matrix, trim).double(), ordered[t : n - t].mean(0), rtol=0, atol=1e-5
@@ -549,3 +549,12 @@ def test_rules_on_cuda_match_cpu_without_host_synchronisation():
         torch.cuda.set_sync_debug_mode("default")
     for g, e in zip(got, expected, strict=True):
         torch.testing.assert_close(g.cpu(), e, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("n", [32, 33, 34])  # sorted in a warp; selected by kthvalue beyond
+def test_median_on_cuda_matches_cpu_on_either_side_of_the_selection_switch(n):
+    matrix = torch.randint(-50, 50, (n, 4000), generator=torch.Generator().manual_seed(n)).float()
+    torch.testing.assert_close(
+        coordinate_median(matrix.cuda()).cpu(), coordinate_median(matrix), rtol=0, atol=0
+    )
