@@ -240,7 +240,8 @@ def _summary(s: dict[str, Any]) -> str:
     if checkpoint.get("enabled"):
         lines.append(
             f"checkpoint round {checkpoint.get('round')}  ({checkpoint.get('writes', 0)} written,"
-            f" {checkpoint.get('failures', 0)} failed)  {checkpoint.get('path')}"
+            f" {checkpoint.get('failures', 0)} failed, {checkpoint.get('skipped', 0)} skipped as diverged)"
+            f"  {checkpoint.get('path')}"
         )
     lines.append("listening on")
     lines.extend(f"  {addr}" for addr in s.get("addrs", []))

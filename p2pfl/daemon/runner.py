@@ -38,6 +38,7 @@ from p2pfl.daemon.checkpoint import (
     CHECKPOINT_FILE,
     Checkpoint,
     CheckpointError,
+    DivergedModel,
     load_checkpoint,
     quarantine,
     save_checkpoint,
@@ -95,6 +96,7 @@ class NodeHandle:
         self.checkpoint_round: int | None = restored.round if restored else None
         self.checkpoint_writes = 0
         self.checkpoint_failures = 0
+        self.checkpoint_skipped = 0  # diverged models not written
         self.checkpoint_error: str | None = None
         self._restored_info = dict(restored.info) if restored else {}
         self._started_at = time.monotonic()
@@ -172,6 +174,7 @@ class NodeHandle:
                 "round": self.checkpoint_round,
                 "writes": self.checkpoint_writes,
                 "failures": self.checkpoint_failures,
+                "skipped": self.checkpoint_skipped,
                 "last_error": self.checkpoint_error,
             },
             "history": [
@@ -300,9 +303,18 @@ class NodeHandle:
                 await self._save(checkpoint)
 
     async def _save(self, checkpoint: Checkpoint) -> None:
+        """Write `checkpoint`; a diverged model is skipped (a warning: the model, not the disk, is at
+        fault, and the last good checkpoint stays) and a failed write counted as such (an error)."""
         try:
             await trio.to_thread.run_sync(save_checkpoint, self.checkpoint_path, checkpoint)
-        except (OSError, CheckpointError) as exc:  # CheckpointError: a diverged model, not written
+        except DivergedModel as exc:
+            self.checkpoint_skipped += 1
+            self.checkpoint_error = f"{exc}"
+            log.warning(
+                "diverged checkpoint not saved; keeping the last good one",
+                extra={"round": checkpoint.round, "kept_round": self.checkpoint_round, "error": str(exc)},
+            )
+        except OSError as exc:
             self.checkpoint_failures += 1
             self.checkpoint_error = f"{exc}"
             log.error("checkpoint failed", extra={"round": checkpoint.round, "error": str(exc)})

@@ -38,7 +38,14 @@ DOCUMENT = {
         "rejected_by_reason": {"transfer:busy": 3},
     },
     "banned_peers": {"12D3KooWRogue": 242.5},
-    "checkpoint": {"enabled": True, "path": "/x/checkpoint.npz", "round": 12, "writes": 8, "failures": 0},
+    "checkpoint": {
+        "enabled": True,
+        "path": "/x/checkpoint.npz",
+        "round": 12,
+        "writes": 8,
+        "failures": 0,
+        "skipped": 2,
+    },
     "history": [{"round": 12, "accuracy": 0.91, "loss": 0.3}],
     "version": "0.1.0",
 }
@@ -86,6 +93,7 @@ def test_metrics_serve_prometheus_text(server):
     assert 'p2pfl_libp2p_rejections_total{reason="transfer:busy"} 3.0' in text
     assert "p2pfl_libp2p_transfers_sent_total 11.0" in text
     assert "p2pfl_libp2p_peers_banned_total 1.0" in text and "p2pfl_banned_peers 1.0" in text
+    assert "p2pfl_checkpoint_skipped_total 2.0" in text and "p2pfl_checkpoint_failures_total 0.0" in text
     assert 'p2pfl_state{state="running"} 1.0' in text
     assert 'peer_id="12D3KooWSelf"' in text
 
@@ -116,6 +124,7 @@ def test_status_cli_prints_a_summary_with_every_peer(server):
     assert "accuracy  0.9100" in result.output and "peers (3)" in result.output
     assert all(f"  {peer}" in result.output for peer in PEERS)
     assert "banned (1)\n  12D3KooWRogue  (242 s left)" in result.output
+    assert "checkpoint round 12  (8 written, 0 failed, 2 skipped as diverged)" in result.output
 
 
 def test_status_cli_json_prints_the_document(server, tmp_path):
