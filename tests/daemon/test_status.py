@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import json
+import socket
 import urllib.error
 import urllib.request
 
 import pytest
+import trio
 from click.testing import CliRunner
+from click.testing import Result as CliResult
+from daemon_helpers import node_config
 
 from p2pfl.cli import main
+from p2pfl.daemon.embed import open_node
 from p2pfl.daemon.metrics import render_metrics
 from p2pfl.daemon.status import StatusServer, StatusUnavailable
 
@@ -49,6 +54,18 @@ DOCUMENT = {
     "history": [{"round": 12, "accuracy": 0.91, "loss": 0.3}],
     "version": "0.1.0",
 }
+
+
+def _has_ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as sock:
+            sock.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+needs_ipv6 = pytest.mark.skipif(not _has_ipv6_loopback(), reason="no IPv6 loopback (::1) on this machine")
 
 
 @pytest.fixture
@@ -187,3 +204,36 @@ def test_status_cli_refuses_a_url_that_is_not_http():
     assert result.exit_code == 2 and "Invalid value for '--url': 'localhost:9464' is not an http:// URL" in (
         result.output
     )
+
+
+@needs_ipv6
+def test_the_status_server_serves_on_the_ipv6_loopback():
+    """ThreadingHTTPServer binds AF_INET unless told, so "::1" used to be refused at start."""
+    server = StatusServer(lambda: DOCUMENT, host="::1", port=0).start()
+    try:
+        assert server.host == "::1" and server.url == f"http://[::1]:{server.port}"
+        code, _, body = get(server.url + "/status")
+        assert code == 200 and json.loads(body) == DOCUMENT
+        result = CliRunner().invoke(main, ["status", "--url", server.url])
+        assert result.exit_code == 0 and "round 12 of 100" in result.output, result.output
+    finally:
+        server.stop()
+
+
+@needs_ipv6
+def test_a_daemon_with_an_ipv6_status_host_serves_status_there(tmp_path):
+    config = node_config(tmp_path, rounds=2, period=0.2, status={"host": "::1", "port": 0})
+
+    async def run() -> tuple[str, CliResult]:
+        with trio.fail_after(60):
+            async with open_node(config) as handle:
+                await handle.wait_for_round(1)
+                cli = CliRunner()
+                result = await trio.to_thread.run_sync(
+                    cli.invoke, main, ["status", "--data-dir", str(tmp_path)]
+                )
+                return handle.status_url, result
+
+    url, result = trio.run(run)
+    assert url is not None and url.startswith("http://[::1]:")
+    assert result.exit_code == 0 and "12D3KooW" in result.output, result.output
