@@ -112,7 +112,8 @@ def node() -> None:
     help="End the process at once after a clean stop (off when calling main() in-process).",
 )
 def node_run(config_path: Path, fast_exit: bool) -> None:
-    """Run a node until SIGINT or SIGTERM; a restart resumes from the data dir's checkpoint."""
+    """Run a node until SIGINT or SIGTERM (a second one forces the stop, exit code 3); a restart
+    resumes from the data dir's checkpoint."""
     from p2pfl.daemon.config import load_config
     from p2pfl.errors import ConfigError
 
