@@ -112,7 +112,8 @@ def node() -> None:
     help="End the process at once after a clean stop (off when calling main() in-process).",
 )
 def node_run(config_path: Path, fast_exit: bool) -> None:
-    """Run a node until SIGINT or SIGTERM; a restart resumes from the data dir's checkpoint."""
+    """Run a node until SIGINT or SIGTERM (a second one forces the stop, exit code 3); a restart
+    resumes from the data dir's checkpoint."""
     from p2pfl.daemon.config import load_config
     from p2pfl.errors import ConfigError
 
@@ -240,7 +241,8 @@ def _summary(s: dict[str, Any]) -> str:
     if checkpoint.get("enabled"):
         lines.append(
             f"checkpoint round {checkpoint.get('round')}  ({checkpoint.get('writes', 0)} written,"
-            f" {checkpoint.get('failures', 0)} failed)  {checkpoint.get('path')}"
+            f" {checkpoint.get('failures', 0)} failed, {checkpoint.get('skipped', 0)} skipped as diverged)"
+            f"  {checkpoint.get('path')}"
         )
     lines.append("listening on")
     lines.extend(f"  {addr}" for addr in s.get("addrs", []))

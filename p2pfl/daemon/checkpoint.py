@@ -11,11 +11,13 @@ over the old one (``os.replace``), so a crash mid-write leaves the previous chec
 unreadable or inconsistent file raises `CheckpointError` with the path and the reason; what the
 daemon does then is its `checkpoint.on_corrupt` setting (refuse to start, or move it aside).
 
-A model with NaN or infinite values (one that diverged) is never written: `save_checkpoint` raises
-`CheckpointError` and the previous checkpoint, the last good model, stays. Such a model could not be
-resumed anyway (a node loads only finite models), and writing it would replace the one that can be.
-A file that holds such values all the same (written by hand, or by an older p2pfl) is refused on
-load with that reason, not as a model of another shape.
+A model that diverged is never written: `save_checkpoint` raises `DivergedModel` and the previous
+checkpoint, the last good model, stays. Diverged means NaN or infinite values in a tensor, or a
+non-finite evaluated loss (``info["loss"]``): a model of huge but finite weights (merged from a
+peer that sent 1e30s) passes the tensor check yet evaluates to NaN, and is as useless to resume.
+Writing either would replace the one checkpoint that can be resumed. A file that holds such values
+all the same (written by hand, or by an older p2pfl) is refused on load with that reason, not as a
+model of another shape.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 import os
 import time
 import zipfile
@@ -38,6 +41,7 @@ __all__ = [
     "CHECKPOINT_FILE",
     "Checkpoint",
     "CheckpointError",
+    "DivergedModel",
     "load_checkpoint",
     "quarantine",
     "save_checkpoint",
@@ -52,6 +56,11 @@ _TENSOR_PREFIX = "tensor."
 
 class CheckpointError(P2PFLError):
     """A checkpoint file exists but cannot be used: unreadable, inconsistent, or for another model."""
+
+
+class DivergedModel(CheckpointError):
+    """A checkpoint not written because its model diverged; unlike a failed write, nothing is wrong
+    with the disk, and the previous checkpoint is the one to keep."""
 
 
 @dataclass(frozen=True)
@@ -75,11 +84,11 @@ def save_checkpoint(path: str | os.PathLike[str], checkpoint: Checkpoint) -> Non
     path = Path(path)
     if checkpoint.round < 0:
         raise ValueError(f"round must be >= 0, got {checkpoint.round}")
-    bad = _non_finite(checkpoint.tensors)
-    if bad is not None:
-        raise CheckpointError(
-            f"checkpoint of round {checkpoint.round} not written to {path}: tensor {bad!r} has NaN or"
-            " infinite values (the model diverged); any previous checkpoint is kept"
+    problem = _divergence(checkpoint.tensors, checkpoint.info)
+    if problem is not None:
+        raise DivergedModel(
+            f"checkpoint of round {checkpoint.round} not written to {path}: {problem} (the model"
+            " diverged); any previous checkpoint is kept"
         )
     meta = {
         "format": _FORMAT,
@@ -138,14 +147,12 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint | None:
     tensors = {key.removeprefix(_TENSOR_PREFIX): a for key, a in arrays.items()}
     if not isinstance(names, list) or set(names) != set(tensors) or len(names) != len(tensors):
         raise CheckpointError(f"checkpoint {path}: the tensors do not match the metadata's list")
-    bad = _non_finite(tensors)
-    if bad is not None:
-        raise CheckpointError(
-            f"checkpoint {path} holds NaN or infinite values in tensor {bad!r} (a diverged model)"
-        )
     state, info = meta.get("protocol_state", {}), meta.get("info", {})
     if not isinstance(state, dict) or not isinstance(info, dict):
         raise CheckpointError(f"checkpoint {path}: protocol_state and info must be JSON objects")
+    problem = _divergence(tensors, info)
+    if problem is not None:
+        raise CheckpointError(f"checkpoint {path} holds a diverged model: {problem}")
     return Checkpoint(
         round=round_,
         tensors={name: tensors[name] for name in names},
@@ -155,11 +162,18 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint | None:
     )
 
 
-def _non_finite(tensors: dict[str, np.ndarray]) -> str | None:
-    """The name of the first floating-point tensor with a NaN or infinite value, or None."""
-    return next(
+def _divergence(tensors: dict[str, np.ndarray], info: dict[str, Any]) -> str | None:
+    """What shows the model diverged (a tensor with NaN or infinite values, or a non-finite
+    evaluated loss), or None."""
+    bad = next(
         (name for name, a in tensors.items() if a.dtype.kind in "fc" and not np.isfinite(a).all()), None
     )
+    if bad is not None:
+        return f"tensor {bad!r} has NaN or infinite values"
+    loss = info.get("loss")
+    if isinstance(loss, int | float) and not math.isfinite(loss):
+        return f"its evaluated loss is {loss}"
+    return None
 
 
 def quarantine(path: str | os.PathLike[str]) -> Path:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import multiaddr
+import numpy as np
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -33,6 +34,7 @@ from transport.compression import MAX_BLOCK
 from transport.penalties import PenaltyConfig
 
 __all__ = [
+    "MAX_TORCH_THREADS",
     "AggregationConfig",
     "CheckpointConfig",
     "GossipProtocolConfig",
@@ -52,6 +54,16 @@ __all__ = [
 
 PositiveInt = Annotated[int, Field(ge=1)]
 PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+# Seeds reach numpy's default_rng (refuses negatives) and torch's manual_seed (refuses >= 2**64):
+# the range both take, so a seed fails at load instead of in the middle of building the task.
+Seed = Annotated[int, Field(ge=0, le=2**64 - 1)]
+# The daemon's model is float32: a step size beyond float32's largest value cannot be applied to it
+# (torch raises an overflow error on the first SGD step), so it is refused like an infinite one.
+LearningRate = Annotated[float, Field(gt=0, le=float(np.finfo(np.float32).max), allow_inf_nan=False)]
+# torch.set_num_threads takes any count, but OpenMP then fails to create the threads (measured:
+# 16384 fails, 100000 segfaults); 1024 is above the core count of any machine this runs on, and more
+# threads than cores only slows the small models a daemon trains.
+MAX_TORCH_THREADS = 1024
 
 
 def _protocols_of(text: str) -> list[str]:
@@ -126,7 +138,7 @@ class ShardConfig(_Strict):
     of: PositiveInt = 1
     partition: Literal["iid", "dirichlet"] = "iid"
     alpha: PositiveFloat = 0.5  # dirichlet only: smaller is more label skew
-    seed: int = 0
+    seed: Seed = 0
 
     @model_validator(mode="after")
     def _index_in_range(self) -> ShardConfig:
@@ -139,7 +151,7 @@ class TaskConfig(_Strict):
     """The data set. `seed` fixes the train/test split (the same on every node)."""
 
     name: Literal["digits"] = "digits"
-    seed: int = 0
+    seed: Seed = 0
     test_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2
     shard: ShardConfig = ShardConfig()
 
@@ -151,16 +163,16 @@ class ModelConfig(_Strict):
     hidden: list[PositiveInt] = [32]
     activation: Literal["relu", "tanh"] = "relu"
     xavier: bool = False
-    init_seed: int = 0
+    init_seed: Seed = 0
 
 
 class TrainingConfig(_Strict):
-    lr: PositiveFloat = 0.2
+    lr: LearningRate = 0.2
     batch_size: PositiveInt = 16
     local_steps: int | Literal["epoch"] = 10  # SGD steps per round, or one pass over the shard
     evaluate_every: Annotated[int, Field(ge=0)] = 1  # rounds between evaluations; 0: never
     device: Annotated[str, Field(pattern=r"^(cpu|cuda(:\d+)?|mps)$")] | None = None  # None: cuda if any
-    seed: int | None = None  # batch order; None: the shard index
+    seed: Seed | None = None  # batch order; None: the shard index
 
     @field_validator("local_steps", mode="before")
     @classmethod
@@ -177,7 +189,7 @@ class GossipProtocolConfig(_Strict):
     rounds: PositiveInt
     period: PositiveFloat = 1.0
     fanout: PositiveInt = 1
-    seed: int | None = None  # choice of peers; None: the shard index
+    seed: Seed | None = None  # choice of peers; None: the shard index
 
 
 _MODEST_DEFAULTS = ModestSettings()
@@ -346,7 +358,7 @@ class NodeConfig(_Strict):
     log_format: Literal["kv", "json"] = "kv"
     # torch intra-op threads (process-wide); 0 leaves torch's default. Small models train much
     # faster single-threaded (measured 20x on a busy 2-core machine).
-    torch_threads: Annotated[int, Field(ge=0)] = 1
+    torch_threads: Annotated[int, Field(ge=0, le=MAX_TORCH_THREADS)] = 1
     exit_when_done: bool = False  # False: keep serving peers and status after the last round
 
     @field_validator("announce")

@@ -83,6 +83,11 @@ class _StatusCollector:
         yield _counter(
             "p2pfl_checkpoint_failures", "Checkpoint writes that failed.", checkpoint.get("failures")
         )
+        yield _counter(
+            "p2pfl_checkpoint_skipped",
+            "Checkpoints not written because the model diverged (NaN or infinite values or loss).",
+            checkpoint.get("skipped"),
+        )
 
 
 def _gauge(name: str, help_: str, value: object) -> GaugeMetricFamily:

@@ -4,7 +4,8 @@
 `p2pfl node run` runs: `open_node` plus signal handling and logging. On SIGINT or SIGTERM the
 daemon stops within a few seconds, in this order: cancel the node (the protocol and any training
 step end), write a final checkpoint, stop the status server, close the transport (connections and
-services, capped at 5 s by the transport itself).
+services, capped at 5 s by the transport itself). A second signal during that stop ends the process
+at once (exit code `EXIT_FORCED`).
 
 Files in the data dir: ``identity.key`` (the node's libp2p key, hence its peer ID), ``checkpoint.npz``
 (model and round, see `p2pfl.daemon.checkpoint`) and, while the daemon runs, ``status.json`` (pid,
@@ -18,13 +19,14 @@ import json
 import logging
 import os
 import signal
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import fields, is_dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 import trio
@@ -38,6 +40,7 @@ from p2pfl.daemon.checkpoint import (
     CHECKPOINT_FILE,
     Checkpoint,
     CheckpointError,
+    DivergedModel,
     load_checkpoint,
     quarantine,
     save_checkpoint,
@@ -50,12 +53,15 @@ from p2pfl.learner import Learner
 from p2pfl.node import Node, RoundRecord
 from transport.libp2p import Libp2pTransport, open_libp2p_transport
 
-__all__ = ["STATUS_FILE", "DataDirInUse", "NodeHandle", "open_node", "run_daemon"]
+__all__ = ["EXIT_FORCED", "STATUS_FILE", "DataDirInUse", "NodeHandle", "open_node", "run_daemon"]
 
 log = logging.getLogger(__name__)
 
 STATUS_FILE = "status.json"
 LOCK_FILE = "lock"
+# `p2pfl node run`'s exit code when a second SIGINT/SIGTERM cut its clean stop short (0: a clean
+# stop, 1: an error, 2: a bad command line or config).
+EXIT_FORCED = 3
 
 
 class DataDirInUse(P2PFLError):
@@ -95,6 +101,7 @@ class NodeHandle:
         self.checkpoint_round: int | None = restored.round if restored else None
         self.checkpoint_writes = 0
         self.checkpoint_failures = 0
+        self.checkpoint_skipped = 0  # diverged models not written
         self.checkpoint_error: str | None = None
         self._restored_info = dict(restored.info) if restored else {}
         self._started_at = time.monotonic()
@@ -172,6 +179,7 @@ class NodeHandle:
                 "round": self.checkpoint_round,
                 "writes": self.checkpoint_writes,
                 "failures": self.checkpoint_failures,
+                "skipped": self.checkpoint_skipped,
                 "last_error": self.checkpoint_error,
             },
             "history": [
@@ -300,9 +308,18 @@ class NodeHandle:
                 await self._save(checkpoint)
 
     async def _save(self, checkpoint: Checkpoint) -> None:
+        """Write `checkpoint`; a diverged model is skipped (a warning: the model, not the disk, is at
+        fault, and the last good checkpoint stays) and a failed write counted as such (an error)."""
         try:
             await trio.to_thread.run_sync(save_checkpoint, self.checkpoint_path, checkpoint)
-        except (OSError, CheckpointError) as exc:  # CheckpointError: a diverged model, not written
+        except DivergedModel as exc:
+            self.checkpoint_skipped += 1
+            self.checkpoint_error = f"{exc}"
+            log.warning(
+                "diverged checkpoint not saved; keeping the last good one",
+                extra={"round": checkpoint.round, "kept_round": self.checkpoint_round, "error": str(exc)},
+            )
+        except OSError as exc:
             self.checkpoint_failures += 1
             self.checkpoint_error = f"{exc}"
             log.error("checkpoint failed", extra={"round": checkpoint.round, "error": str(exc)})
@@ -390,6 +407,13 @@ def _owner(data_dir: Path) -> str:
         return f"pid {json.loads((data_dir / STATUS_FILE).read_text())['pid']}"
     except (OSError, ValueError, KeyError, TypeError):
         return "pid unknown"
+
+
+def _remove_own_status_file(status_file: Path) -> None:
+    """Remove status.json if this process wrote it (a second daemon refused the data dir did not)."""
+    with contextlib.suppress(OSError, ValueError):
+        if json.loads(status_file.read_text()).get("pid") == os.getpid():
+            status_file.unlink()
 
 
 def _write_json_atomic(path: Path, document: dict[str, Any]) -> None:
@@ -501,37 +525,66 @@ async def _open_node_transport(
                     await handle._save(handle._snapshot(handle.round))
                 if server is not None:
                     await trio.to_thread.run_sync(server.stop)
-                with contextlib.suppress(OSError, ValueError):
-                    if json.loads(status_file.read_text()).get("pid") == os.getpid():
-                        status_file.unlink()
+                _remove_own_status_file(status_file)
 
 
 async def run_daemon(config: NodeConfig) -> None:
     """Run a node until SIGINT or SIGTERM (or, with `exit_when_done`, its last round), then stop it.
 
+    The first signal starts the clean stop (final checkpoint, status server, transport). A second
+    one while that runs ends the process at once with exit code `EXIT_FORCED` (see `_force_exit`),
+    for an operator who will not wait, instead of trio re-raising it after the stop: a SIGTERM then
+    killed the process (143), a SIGINT became a KeyboardInterrupt traceback.
+
     Signals are handled in trio's main thread, so call this from `trio.run` in the main thread.
     """
     stop_started: float | None = None
+    status_file = Path(config.data_dir) / STATUS_FILE
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with open_node(config) as handle, trio.open_nursery() as nursery:
+        # The watcher lives outside `open_node`, so it still reads signals while the node stops.
+        async with trio.open_nursery() as watcher:
+            stop = trio.CancelScope()
 
-            async def stop_on_signal() -> None:
+            async def watch_signals() -> None:
                 nonlocal stop_started
                 async for signum in signals:
+                    name = signal.Signals(signum).name
+                    if stop_started is not None:
+                        _force_exit(name, status_file)
                     stop_started = time.monotonic()
-                    log.info("stopping", extra={"signal": signal.Signals(signum).name})
-                    nursery.cancel_scope.cancel()
-                    return
+                    log.info("stopping; send the signal again to force", extra={"signal": name})
+                    stop.cancel()
 
-            async def stop_when_done() -> None:
-                await handle.wait_done()
-                log.info("stopping", extra={"reason": "last round done"})
-                nursery.cancel_scope.cancel()
+            with stop:
+                async with open_node(config) as handle:
+                    watcher.start_soon(watch_signals)
+                    if not config.exit_when_done:
+                        await trio.sleep_forever()
+                    await handle.wait_done()
+                    log.info("stopping", extra={"reason": "last round done"})
+            elapsed = time.monotonic() - stop_started if stop_started is not None else None
+            log.info(
+                "stopped",
+                extra={"round": handle.round, "stop_s": None if elapsed is None else round(elapsed, 3)},
+            )
+            watcher.cancel_scope.cancel()
 
-            nursery.start_soon(stop_on_signal)
-            if config.exit_when_done:
-                nursery.start_soon(stop_when_done)
-    elapsed = time.monotonic() - stop_started if stop_started is not None else None
-    log.info(
-        "stopped", extra={"round": handle.round, "stop_s": None if elapsed is None else round(elapsed, 3)}
+
+def _force_exit(signal_name: str, status_file: Path) -> NoReturn:
+    """End the process now, with `EXIT_FORCED` and one log line.
+
+    The clean stop runs shielded in the main task, and a transport close can take 5 s: only ending
+    the process cuts it short. No checkpoint is left half-written: they are replaced atomically (a
+    write cut short leaves at most its temp file), so a restart resumes from the last one completed,
+    which may not be the final one; the data dir lock goes with the process. status.json is removed,
+    as a clean stop does, so that `p2pfl status` does not report a daemon that is gone.
+    """
+    log.warning(
+        "forced stop: second signal during the clean stop",
+        extra={"signal": signal_name, "exit_code": EXIT_FORCED},
     )
+    _remove_own_status_file(status_file)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(EXIT_FORCED)

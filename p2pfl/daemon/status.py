@@ -3,8 +3,8 @@
 It is served by the standard library's `http.server.ThreadingHTTPServer` in a background thread:
 two read-only GET routes need no framework, the stdlib server is maintained with Python itself, and
 it keeps the daemon free of an extra async stack (the node runs on trio, which the common ASGI
-servers do not). It listens on 127.0.0.1 by default; it has no authentication, so bind it to a
-loopback or otherwise private address only.
+servers do not). It listens on 127.0.0.1 by default, or on any IPv4 or IPv6 address (``::1``); it
+has no authentication, so bind it to a loopback or otherwise private address only.
 
 The server never touches node state itself: each request calls `snapshot()`, which the daemon
 implements by running `NodeHandle.status` on the trio thread (`trio.from_thread.run_sync`), so every
@@ -15,6 +15,7 @@ answer is a consistent picture taken between two trio steps. When the node is go
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 from collections.abc import Callable
 from http import HTTPStatus
@@ -41,8 +42,9 @@ class StatusServer:
     def __init__(self, snapshot: Snapshot, *, host: str = "127.0.0.1", port: int = 0) -> None:
         handler = type("_BoundHandler", (_Handler,), {"snapshot": staticmethod(snapshot)})
         try:
-            self._server = ThreadingHTTPServer((host, port), handler)
-        except OSError as exc:
+            server_class = type("_Server", (ThreadingHTTPServer,), {"address_family": _family(host, port)})
+            self._server = server_class((host, port), handler)
+        except OSError as exc:  # socket.gaierror too: a host that does not resolve
             # No errno in the message: a CLI prints it as is, after "Error: "; the cause keeps it.
             raise OSError(f"status server cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
         self._server.daemon_threads = True
@@ -74,6 +76,12 @@ class StatusServer:
             self._server.shutdown()
             self._thread.join(timeout=2.0)
         self._server.server_close()
+
+
+def _family(host: str, port: int) -> socket.AddressFamily:
+    """The address family to bind `host` with: `ThreadingHTTPServer` is AF_INET only unless told,
+    so an IPv6 address (``::1``) would be refused. A host name takes the family it resolves to first."""
+    return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
 
 
 class _Handler(BaseHTTPRequestHandler):

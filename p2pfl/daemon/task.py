@@ -38,6 +38,11 @@ def build_learner(config: NodeConfig) -> Learner:
     except RuntimeError as exc:
         raise ConfigError(f"training.device: {exc}") from exc
     train, test = load_digits(test_fraction=task.test_fraction, seed=task.seed)
+    if not len(train) or not len(test):  # a fraction so close to 0 or 1 that it rounds a side to empty
+        raise ConfigError(
+            f"task.test_fraction: {task.test_fraction} leaves {len(train)} training and {len(test)} test"
+            " samples; each needs at least one"
+        )
     try:
         if shard.partition == "iid":
             parts = iid_split(len(train), shard.of, seed=shard.seed)

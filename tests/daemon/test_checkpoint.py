@@ -5,22 +5,29 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import zipfile
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import trio
 from daemon_helpers import node_config
 
+from p2pfl.aggregation.base import Contribution
+from p2pfl.aggregation.registry import build_aggregator
 from p2pfl.daemon.checkpoint import (
     CHECKPOINT_FILE,
     Checkpoint,
     CheckpointError,
+    DivergedModel,
     load_checkpoint,
     save_checkpoint,
 )
+from p2pfl.daemon.metrics import render_metrics
 from p2pfl.daemon.runner import NodeHandle, _restore
 from p2pfl.daemon.task import build_learner
+from p2pfl.node import RoundRecord
 
 
 def sample(round_: int = 7) -> Checkpoint:
@@ -179,17 +186,76 @@ def test_a_checkpoint_holding_nan_is_refused_as_such_not_as_another_model(tmp_pa
         )
     with pytest.raises(CheckpointError) as info:
         _restore(config, build_learner(config))
-    assert f"checkpoint {path} holds NaN or infinite values in tensor '0.weight'" in str(info.value)
+    message = f"checkpoint {path} holds a diverged model: tensor '0.weight' has NaN or infinite values"
+    assert message in str(info.value)
     assert "does not fit" not in str(info.value)
 
 
-def test_the_daemon_counts_a_diverged_model_as_a_failed_checkpoint_and_keeps_the_last(tmp_path, caplog):
+def test_the_daemon_counts_a_diverged_model_as_a_skipped_checkpoint_and_keeps_the_last(tmp_path, caplog):
     config = node_config(tmp_path)
     handle = NodeHandle(config, transport=None, learner=build_learner(config), restored=None)
     trio.run(handle._save, sample(4))
-    with caplog.at_level(logging.ERROR):
+    with caplog.at_level(logging.WARNING):
         trio.run(handle._save, diverged(5))
-    assert (handle.checkpoint_writes, handle.checkpoint_failures, handle.checkpoint_round) == (1, 1, 4)
+    counts = (handle.checkpoint_writes, handle.checkpoint_skipped, handle.checkpoint_failures)
+    assert counts == (1, 1, 0) and handle.checkpoint_round == 4
     assert "tensor '0.bias' has NaN or infinite values" in handle.checkpoint_error
-    assert "checkpoint failed" in caplog.text
+    (record,) = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert record.levelno == logging.WARNING and record.getMessage().startswith(
+        "diverged checkpoint not saved"
+    )
     assert load_checkpoint(tmp_path / CHECKPOINT_FILE).round == 4
+
+
+@pytest.mark.parametrize("loss", [float("nan"), float("inf"), float("-inf")])
+def test_a_model_whose_evaluated_loss_is_not_finite_is_not_written(tmp_path, loss):
+    path = tmp_path / CHECKPOINT_FILE
+    save_checkpoint(path, sample(4))
+    finite_but_useless = dataclasses.replace(sample(5), info={"accuracy": 0.1, "loss": loss})
+    with pytest.raises(DivergedModel, match=rf"round 5 not written .*its evaluated loss is {loss}"):
+        save_checkpoint(path, finite_but_useless)
+    assert load_checkpoint(path).round == 4
+    assert sorted(p.name for p in tmp_path.iterdir()) == [CHECKPOINT_FILE]
+
+
+def test_a_checkpoint_with_a_non_finite_loss_is_refused_on_load(tmp_path):
+    """As an older p2pfl wrote it: finite tensors, a NaN loss (json writes NaN and reads it back)."""
+    path = tmp_path / CHECKPOINT_FILE
+    save_checkpoint(path, sample(3))
+    with np.load(path) as npz:
+        arrays = dict(npz)
+    meta = json.loads(arrays.pop("meta").tobytes())
+    meta["info"]["loss"] = float("nan")
+    with path.open("wb") as file:
+        np.savez(file, meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8), **arrays)
+    with pytest.raises(CheckpointError, match="holds a diverged model: its evaluated loss is nan"):
+        load_checkpoint(path)
+
+
+def test_a_huge_peer_model_merged_by_fedavg_does_not_replace_the_last_good_checkpoint(tmp_path, caplog):
+    """QA's case: a peer sends finite weights of 1e30; FedAvg merges them into this node's model,
+    which then evaluates to a non-finite loss. Its tensors are finite, so only the loss shows it."""
+    config = node_config(tmp_path)
+    learner = build_learner(config)
+    transport = SimpleNamespace(peer_id="12D3KooWSelf")
+    handle = NodeHandle(config, transport=transport, learner=learner, restored=None)
+    good = learner.evaluate()
+    handle.node = SimpleNamespace(history=[RoundRecord(4, 0.0, good.accuracy, good.loss, 0, 0)])
+    trio.run(handle._save, handle._snapshot(4))
+    own = learner.state()
+    huge = own.from_numpy({name: np.full_like(a, 1e30) for name, a in own.to_numpy().items()})
+    fedavg = build_aggregator("fedavg")
+    learner.load(fedavg.aggregate(Contribution("self", own), [Contribution("12D3KooWPeer", huge)]))
+    merged = learner.evaluate()
+    assert all(np.isfinite(a).all() for a in learner.state().to_numpy().values())
+    assert not math.isfinite(merged.loss)
+    handle.node.history.append(RoundRecord(5, 1.0, merged.accuracy, merged.loss, 0, 0))
+    with caplog.at_level(logging.WARNING):
+        trio.run(handle._save, handle._snapshot(5))
+    restored = load_checkpoint(tmp_path / CHECKPOINT_FILE)
+    assert restored.round == 4 and restored.info["loss"] == pytest.approx(good.loss)
+    assert (handle.checkpoint_writes, handle.checkpoint_skipped, handle.checkpoint_round) == (1, 1, 4)
+    assert "diverged checkpoint not saved; keeping the last good one" in caplog.text
+    assert "its evaluated loss is" in handle.checkpoint_error
+    metrics = render_metrics({"checkpoint": {"skipped": handle.checkpoint_skipped}}).decode()
+    assert "p2pfl_checkpoint_skipped_total 1.0" in metrics

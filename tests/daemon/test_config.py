@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 from daemon_helpers import node_settings
 
 from p2pfl.cli import main
-from p2pfl.daemon.config import load_config, parse_config
+from p2pfl.daemon.config import MAX_TORCH_THREADS, load_config, parse_config
+from p2pfl.daemon.task import build_learner
 from p2pfl.errors import ConfigError
 from transport.body_codec import CompressionConfig
 from transport.penalties import PenaltyConfig
@@ -117,6 +119,66 @@ def test_values_of_the_wrong_type_are_not_coerced(tmp_path, change, message):
     data = node_settings(tmp_path)
     data.update(change)
     assert message in errors_of(data)
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"task": {"seed": -1}}, "task.seed:"),
+        ({"task": {"seed": 2**64}}, "task.seed:"),
+        ({"task": {"shard": {"index": 0, "of": 2, "seed": -5}}}, "task.shard.seed:"),
+        ({"model": {"init_seed": -1}}, "model.init_seed:"),
+        ({"model": {"init_seed": 2**64}}, "model.init_seed:"),
+        ({"training": {"seed": -1}}, "training.seed:"),
+        ({"training": {"seed": 2**64}}, "training.seed:"),
+        ({"protocol": {"name": "gossip", "rounds": 2, "seed": -1}}, "protocol.seed:"),
+        ({"protocol": {"name": "gossip", "rounds": 2, "seed": 2**64}}, "protocol.seed:"),
+        ({"training": {"lr": 1e300}}, "training.lr:"),
+        ({"training": {"lr": 3.5e38}}, "training.lr:"),
+        ({"training": {"lr": float("inf")}}, "training.lr:"),
+        ({"training": {"lr": float("nan")}}, "training.lr:"),
+        ({"training": {"lr": 0.0}}, "training.lr:"),
+        ({"training": {"lr": -0.1}}, "training.lr:"),
+        ({"torch_threads": 100000}, "torch_threads:"),
+        ({"torch_threads": MAX_TORCH_THREADS + 1}, "torch_threads:"),
+    ],
+)
+def test_values_that_would_fail_later_are_refused_at_load_naming_the_field(tmp_path, change, field):
+    """Each of these passed validation once and then raised from numpy, torch or OpenMP at start."""
+    data = node_settings(tmp_path)
+    data.update(change)
+    lines = errors_of(data).splitlines()[1:]
+    assert len(lines) == 1 and lines[0].startswith(f"  {field} "), lines
+
+
+def test_the_bounds_are_what_the_libraries_take(tmp_path):
+    """The largest seed, float32's largest lr and MAX_TORCH_THREADS are valid: the bounds refuse only
+    values that fail. The task builds and takes a step with every seed at its maximum."""
+    top = 2**64 - 1
+    config = parse_config(
+        node_settings(
+            tmp_path,
+            task={"seed": top, "shard": {"index": 0, "of": 2, "seed": top}},
+            model={"hidden": [8], "init_seed": top},
+            training={"seed": top, "device": "cpu"},
+            protocol={"name": "gossip", "rounds": 2, "seed": top},
+            torch_threads=MAX_TORCH_THREADS,
+        )
+    )
+    learner = build_learner(config)
+    learner.train(steps=1)
+    assert learner.evaluate().samples > 0
+    biggest_lr = float(np.finfo(np.float32).max)
+    assert parse_config(node_settings(tmp_path, training={"lr": biggest_lr})).training.lr == biggest_lr
+
+
+def test_node_run_refuses_a_negative_seed_as_a_usage_error_naming_it(write_toml, tmp_path):
+    path = write_toml("node.toml", node_settings(tmp_path / "node", task={"seed": -1}))
+    result = CliRunner().invoke(main, ["node", "run", "--config", str(path), "--no-fast-exit"])
+    assert result.exit_code == 2, result.output
+    assert "task.seed: Input should be greater than or equal to 0" in result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "node").exists()  # refused before anything was started
 
 
 def test_all_errors_are_reported_at_once(tmp_path):

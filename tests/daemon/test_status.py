@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import json
+import socket
 import urllib.error
 import urllib.request
 
 import pytest
+import trio
 from click.testing import CliRunner
+from click.testing import Result as CliResult
+from daemon_helpers import node_config
 
 from p2pfl.cli import main
+from p2pfl.daemon.embed import open_node
 from p2pfl.daemon.metrics import render_metrics
 from p2pfl.daemon.status import StatusServer, StatusUnavailable
 
@@ -38,10 +43,29 @@ DOCUMENT = {
         "rejected_by_reason": {"transfer:busy": 3},
     },
     "banned_peers": {"12D3KooWRogue": 242.5},
-    "checkpoint": {"enabled": True, "path": "/x/checkpoint.npz", "round": 12, "writes": 8, "failures": 0},
+    "checkpoint": {
+        "enabled": True,
+        "path": "/x/checkpoint.npz",
+        "round": 12,
+        "writes": 8,
+        "failures": 0,
+        "skipped": 2,
+    },
     "history": [{"round": 12, "accuracy": 0.91, "loss": 0.3}],
     "version": "0.1.0",
 }
+
+
+def _has_ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as sock:
+            sock.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+needs_ipv6 = pytest.mark.skipif(not _has_ipv6_loopback(), reason="no IPv6 loopback (::1) on this machine")
 
 
 @pytest.fixture
@@ -86,6 +110,7 @@ def test_metrics_serve_prometheus_text(server):
     assert 'p2pfl_libp2p_rejections_total{reason="transfer:busy"} 3.0' in text
     assert "p2pfl_libp2p_transfers_sent_total 11.0" in text
     assert "p2pfl_libp2p_peers_banned_total 1.0" in text and "p2pfl_banned_peers 1.0" in text
+    assert "p2pfl_checkpoint_skipped_total 2.0" in text and "p2pfl_checkpoint_failures_total 0.0" in text
     assert 'p2pfl_state{state="running"} 1.0' in text
     assert 'peer_id="12D3KooWSelf"' in text
 
@@ -116,6 +141,7 @@ def test_status_cli_prints_a_summary_with_every_peer(server):
     assert "accuracy  0.9100" in result.output and "peers (3)" in result.output
     assert all(f"  {peer}" in result.output for peer in PEERS)
     assert "banned (1)\n  12D3KooWRogue  (242 s left)" in result.output
+    assert "checkpoint round 12  (8 written, 0 failed, 2 skipped as diverged)" in result.output
 
 
 def test_status_cli_json_prints_the_document(server, tmp_path):
@@ -178,3 +204,36 @@ def test_status_cli_refuses_a_url_that_is_not_http():
     assert result.exit_code == 2 and "Invalid value for '--url': 'localhost:9464' is not an http:// URL" in (
         result.output
     )
+
+
+@needs_ipv6
+def test_the_status_server_serves_on_the_ipv6_loopback():
+    """ThreadingHTTPServer binds AF_INET unless told, so "::1" used to be refused at start."""
+    server = StatusServer(lambda: DOCUMENT, host="::1", port=0).start()
+    try:
+        assert server.host == "::1" and server.url == f"http://[::1]:{server.port}"
+        code, _, body = get(server.url + "/status")
+        assert code == 200 and json.loads(body) == DOCUMENT
+        result = CliRunner().invoke(main, ["status", "--url", server.url])
+        assert result.exit_code == 0 and "round 12 of 100" in result.output, result.output
+    finally:
+        server.stop()
+
+
+@needs_ipv6
+def test_a_daemon_with_an_ipv6_status_host_serves_status_there(tmp_path):
+    config = node_config(tmp_path, rounds=2, period=0.2, status={"host": "::1", "port": 0})
+
+    async def run() -> tuple[str, CliResult]:
+        with trio.fail_after(60):
+            async with open_node(config) as handle:
+                await handle.wait_for_round(1)
+                cli = CliRunner()
+                result = await trio.to_thread.run_sync(
+                    cli.invoke, main, ["status", "--data-dir", str(tmp_path)]
+                )
+                return handle.status_url, result
+
+    url, result = trio.run(run)
+    assert url is not None and url.startswith("http://[::1]:")
+    assert result.exit_code == 0 and "12D3KooW" in result.output, result.output

@@ -51,6 +51,16 @@ def test_a_shard_the_data_cannot_fill_is_a_config_error_naming_the_field(tmp_pat
         build_learner(node_config(tmp_path, **overrides))
 
 
+@pytest.mark.parametrize(
+    ("fraction", "sizes"), [(1e-300, "1797 training and 0 test"), (0.9999999, "0 training")]
+)
+def test_a_test_fraction_that_empties_a_side_is_a_config_error_naming_the_field(tmp_path, fraction, sizes):
+    """A fraction in (0, 1) that rounds a side to nothing used to fail later (dividing by zero)."""
+    config = node_config(tmp_path, task={"test_fraction": fraction, "shard": {"index": 0, "of": 2}})
+    with pytest.raises(ConfigError, match=rf"^task\.test_fraction: {fraction} leaves {sizes}"):
+        build_learner(config)
+
+
 @pytest.mark.parametrize(("device", "missing"), [("cuda", "CUDA"), ("mps", "MPS")])
 def test_a_device_this_machine_lacks_is_a_config_error_naming_the_field(
     tmp_path, monkeypatch, device, missing
