@@ -6,6 +6,7 @@ import json
 import os
 import re
 import socket
+import threading
 import urllib.request
 
 import pytest
@@ -15,6 +16,7 @@ from daemon_helpers import node_config
 from p2pfl.daemon.checkpoint import CHECKPOINT_FILE, CheckpointError, load_checkpoint
 from p2pfl.daemon.embed import NodeThread, open_node
 from p2pfl.daemon.runner import STATUS_FILE, DataDirInUse
+from p2pfl.daemon.task import build_learner
 from transport.libp2p import ListenFailed
 
 pytest.importorskip("libp2p")
@@ -185,3 +187,30 @@ def test_nodes_that_send_int8_models_accept_each_others(tmp_path, threads):
         assert status["models_rejected"] == 0 and status["messages_in"] >= 2
         # int8 is about a quarter of float32; plain msgpack would be over model_bytes per message.
         assert status["bytes_out"] < status["messages_out"] * model_bytes / 2, status
+
+
+def watched_learner(config):
+    """The configured learner, and an event set once it trains."""
+    learner = build_learner(config)
+    training = threading.Event()
+    train = learner.train
+
+    def watched(*, steps):
+        training.set()
+        return train(steps=steps)
+
+    learner.train = watched
+    return learner, training
+
+
+def test_stopping_a_node_thread_ends_a_long_round_of_training(tmp_path):
+    config = node_config(tmp_path, rounds=1, training={"local_steps": 10**9})
+    learner, training = watched_learner(config)
+    node = NodeThread(config, learner=learner)
+    try:
+        node.start(timeout=60)
+        assert training.wait(60)
+    finally:
+        node.stop(timeout=60)  # a chunk of training is ~50 ms; the whole round would take days
+    assert not node.running
+    assert load_checkpoint(tmp_path / CHECKPOINT_FILE).round == 0  # the final checkpoint was written
