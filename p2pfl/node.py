@@ -131,7 +131,7 @@ class _NodeLearning(Learning):
     async def train(self) -> None:
         node = self._node
         steps = node.local_steps or -(-node.learner.num_samples // node.learner.batch_size)
-        await node.compute.run(lambda: node.learner.train(steps=steps), steps=steps)
+        await node.compute.run(lambda n: node.learner.train(steps=n), steps=steps)
 
     def export_model(self) -> ModelPayload:
         node = self._node

@@ -19,6 +19,7 @@ From asyncio, call the blocking methods through ``await asyncio.to_thread(node.w
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 from typing import Any
 
@@ -32,6 +33,8 @@ from p2pfl.node import RoundRecord
 
 __all__ = ["NodeThread", "open_node"]
 
+log = logging.getLogger(__name__)
+
 
 class NodeThread:
     """A node running in a background thread, with a blocking API.
@@ -40,7 +43,8 @@ class NodeThread:
     (`DataDirInUse`, `CheckpointError`, `KeyFileError`, an `OSError`...), not wrapped in the
     ExceptionGroups of the nurseries it came out of. `stop()` cancels the node, waits for the final
     checkpoint and the transport to close, and raises a `RuntimeError` caused by the error the node
-    died of, if any.
+    died of, if any. In a ``with`` block, an exception of the block wins over an error of the node on
+    stopping: that one is logged and noted on the block's exception, which propagates.
     """
 
     def __init__(
@@ -53,31 +57,53 @@ class NodeThread:
         self._round = threading.Condition()
         self._last_round = 0
         self._handle: NodeHandle | None = None
+        self._lock = threading.Lock()  # orders stop() against the trio thread publishing its token
+        self._stopping = False
         self._token: trio.lowlevel.TrioToken | None = None
-        self._stop: trio.Event | None = None
+        self._scope = trio.CancelScope()  # the node's whole run; cancelled to abandon a start
+        self._stop = trio.Event()  # set to end a started node's run
         self._error: BaseException | None = None
 
     # --- lifetime ------------------------------------------------------------------------------------
 
     def start(self, timeout: float | None = 60.0) -> NodeThread:
+        """Start the node; return once it listens (at most `timeout` s).
+
+        On a timeout the node is stopped before `TimeoutError` is raised, so that a failed start
+        holds no thread, socket or data dir that would make the next attempt fail.
+        """
         if self._thread.is_alive() or self._started.is_set():
             raise RuntimeError("a NodeThread can be started once")
         self._thread.start()
         if not self._started.wait(timeout):
-            raise TimeoutError(f"the node did not start within {timeout} s")
+            message = f"the node with data dir {self.config.data_dir} did not start within {timeout} s"
+            try:
+                self.stop()
+            except Exception as exc:
+                raise TimeoutError(f"{message}, and stopping it failed") from exc
+            raise TimeoutError(f"{message}; it was stopped")
         if self._handle is None:
             self._thread.join()
             error, self._error = self._error, None  # reported here, not again by stop()
-            assert error is not None  # _run returns only after it set the handle
+            if error is None:
+                raise RuntimeError("the node was stopped before it started")
             raise sole_exception(error)
         return self
 
     def stop(self, timeout: float | None = 30.0) -> None:
-        """Stop the node and wait for it (at most `timeout` s); idempotent."""
-        token, stop = self._token, self._stop
-        if token is not None and stop is not None and self._thread.is_alive():
+        """Stop the node and wait for it (at most `timeout` s).
+
+        Idempotent, like closing a file: a no-op on a node never started or stopped already. A node
+        still starting (another thread waits in `start()`) gives up starting.
+        """
+        if self._thread.ident is None:
+            return
+        with self._lock:
+            self._stopping = True
+            token = self._token
+        if token is not None and self._thread.is_alive():
             with contextlib.suppress(trio.RunFinishedError):
-                trio.from_thread.run_sync(stop.set, trio_token=token)
+                trio.from_thread.run_sync(self._request_stop, trio_token=token)
         self._thread.join(timeout)
         if self._thread.is_alive():
             raise TimeoutError(f"the node did not stop within {timeout} s")
@@ -88,8 +114,19 @@ class NodeThread:
     def __enter__(self) -> NodeThread:
         return self.start()
 
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: object
+    ) -> None:
+        if exc is None:
+            self.stop()
+            return
+        # The block's own exception is what the application needs to see; an error of the node
+        # while stopping is logged and noted on it rather than raised in its place.
+        try:
+            self.stop()
+        except Exception as stop_error:
+            log.error("the node failed to stop after an error in the with block", exc_info=stop_error)
+            exc.add_note(f"stopping the node also failed: {stop_error!r}")
 
     @property
     def running(self) -> bool:
@@ -134,14 +171,25 @@ class NodeThread:
                 self._round.notify_all()
 
     async def _run(self) -> None:
-        self._token = trio.lowlevel.current_trio_token()
-        self._stop = trio.Event()
-        async with open_node(self.config, learner=self._learner) as handle:
-            self._last_round = handle.round
-            handle.add_round_listener(self._on_round)
-            self._handle = handle
-            self._started.set()
-            await self._stop.wait()
+        with self._scope:
+            with self._lock:
+                if self._stopping:  # stop() came before this thread got here
+                    return
+                self._token = trio.lowlevel.current_trio_token()
+            async with open_node(self.config, learner=self._learner) as handle:
+                self._last_round = handle.round
+                handle.add_round_listener(self._on_round)
+                self._handle = handle
+                self._started.set()
+                await self._stop.wait()
+
+    def _request_stop(self) -> None:
+        """On the trio thread: a running node ends its block (and stops as `open_node` stops it on
+        exit); one still starting is cancelled, whatever it waits for."""
+        if self._handle is None:
+            self._scope.cancel()
+        else:
+            self._stop.set()
 
     def _on_round(self, record: RoundRecord) -> None:
         with self._round:

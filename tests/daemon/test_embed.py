@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import socket
+import threading
 import urllib.request
+from contextlib import asynccontextmanager
 
 import pytest
 import trio
 from daemon_helpers import node_config
 
+from p2pfl.daemon import embed
 from p2pfl.daemon.checkpoint import CHECKPOINT_FILE, CheckpointError, load_checkpoint
 from p2pfl.daemon.embed import NodeThread, open_node
 from p2pfl.daemon.runner import STATUS_FILE, DataDirInUse
+from p2pfl.daemon.task import build_learner
 from transport.libp2p import ListenFailed
 
 pytest.importorskip("libp2p")
@@ -185,3 +190,95 @@ def test_nodes_that_send_int8_models_accept_each_others(tmp_path, threads):
         assert status["models_rejected"] == 0 and status["messages_in"] >= 2
         # int8 is about a quarter of float32; plain msgpack would be over model_bytes per message.
         assert status["bytes_out"] < status["messages_out"] * model_bytes / 2, status
+
+
+def watched_learner(config, *, fail: bool = False):
+    """The configured learner, and an event set once it trains; with `fail`, training raises."""
+    learner = build_learner(config)
+    training = threading.Event()
+    train = learner.train
+
+    def watched(*, steps):
+        training.set()
+        if fail:
+            raise ValueError("training failed")
+        return train(steps=steps)
+
+    learner.train = watched
+    return learner, training
+
+
+def test_stopping_a_node_thread_ends_a_long_round_of_training(tmp_path):
+    config = node_config(tmp_path, rounds=1, training={"local_steps": 10**9})
+    learner, training = watched_learner(config)
+    node = NodeThread(config, learner=learner)
+    try:
+        node.start(timeout=60)
+        assert training.wait(60)
+    finally:
+        node.stop(timeout=60)  # a chunk of training is ~50 ms; the whole round would take days
+    assert not node.running
+    assert load_checkpoint(tmp_path / CHECKPOINT_FILE).round == 0  # the final checkpoint was written
+
+
+@asynccontextmanager
+async def never_ready(config, *, learner=None):
+    """`open_node` that never hands the node over: a start that hangs once the node runs."""
+    async with open_node(config, learner=learner) as handle:
+        await trio.sleep_forever()
+        yield handle
+
+
+@pytest.mark.parametrize("hang", [True, False], ids=["hanging-start", "no-time-to-start"])
+def test_a_start_that_times_out_stops_the_node_and_frees_its_data_dir(tmp_path, threads, monkeypatch, hang):
+    with monkeypatch.context() as patch:
+        if hang:
+            patch.setattr(embed, "open_node", never_ready)
+        node = NodeThread(node_config(tmp_path))
+        timeout = 2 if hang else 0
+        with pytest.raises(TimeoutError, match=f"data dir {re.escape(str(tmp_path))} did not start within"):
+            node.start(timeout=timeout)
+    assert not node.running
+    node.stop()  # nothing left to stop
+    assert not (tmp_path / STATUS_FILE).exists()
+    assert threads(node_config(tmp_path)).running  # not DataDirInUse: the lock was released
+
+
+def test_stop_is_a_no_op_before_start_and_once_stopped(tmp_path):
+    node = NodeThread(node_config(tmp_path, rounds=50))
+    node.stop()
+    node.stop()
+    try:
+        assert node.start(timeout=60).running
+    finally:
+        node.stop()
+    node.stop()
+    assert not node.running
+
+
+def test_an_error_in_the_with_block_is_raised_rather_than_the_nodes(tmp_path, caplog):
+    config = node_config(tmp_path)
+    learner, _ = watched_learner(config, fail=True)
+    with (
+        pytest.raises(KeyError, match="the application's own error") as raised,
+        NodeThread(config, learner=learner) as node,
+    ):
+        with pytest.raises(RuntimeError, match="the node stopped at round 0"):
+            node.wait_for_round(1, timeout=60)
+        raise KeyError("the application's own error")
+    (note,) = raised.value.__notes__
+    assert note.startswith("stopping the node also failed: RuntimeError('the node stopped with an error')")
+    (record,) = [r for r in caplog.records if r.name == embed.__name__ and r.levelno == logging.ERROR]
+    assert isinstance(record.exc_info[1].__cause__, ValueError)  # what the node died of
+
+
+def test_a_node_that_fails_to_stop_outside_an_error_raises_as_stop_does(tmp_path):
+    config = node_config(tmp_path)
+    learner, _ = watched_learner(config, fail=True)
+    with (
+        pytest.raises(RuntimeError, match="the node stopped with an error") as raised,
+        NodeThread(config, learner=learner) as node,
+        pytest.raises(RuntimeError, match="the node stopped at round 0"),
+    ):
+        node.wait_for_round(1, timeout=60)
+    assert isinstance(raised.value.__cause__, ValueError)
