@@ -7,9 +7,9 @@ whose periods went by meanwhile are skipped: running them back to back would giv
 receive anything, and would leave the node's round numbers behind its neighbours', which D-PSGD
 needs to match. The last round is never skipped, so a run always ends with it.
 
-`send_to_each` sends one message to several peers at once, each send under its own deadline: a
-peer that accepts the connection but never reads costs the round at most that deadline, whatever
-the number of such peers, and the others get the model as soon as the link allows.
+`send_to_each` sends one message to several peers at once under a deadline: a peer that accepts
+the connection but never reads costs the round at most that deadline, whatever the number of such
+peers, and the others get the model as soon as the link allows.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from dataclasses import dataclass
 import trio
 
 from transport.base import PeerId, Transport
-from transport.errors import PeerUnreachable
 
 __all__ = ["RoundClock", "send_to_each"]
 
@@ -62,28 +61,18 @@ class RoundClock:
 
 async def send_to_each(
     transport: Transport, peers: Sequence[PeerId], message: object, *, deadline: float, what: str
-) -> frozenset[PeerId]:
-    """Send `message` to every peer of `peers` concurrently; the peers that took delivery.
+) -> None:
+    """Send `message` to `peers` at once (`Transport.send_each`), giving up on any still pending at
+    `deadline`; `what` names the message in the log.
 
-    Each send runs in its own cancel scope expiring at `deadline` (the transport's own deadlines
-    may end it sooner); a failed or cancelled send is logged (`what` names the message) and leaves
-    the others alone. Returns once every send has succeeded, failed or been cancelled, so the
-    caller may then change what the message views.
+    A message ready only after its deadline is not sent at all: its receivers have moved on, and
+    whether a transport would get part of it out first is no part of the protocol. Returns once
+    every send has ended, so the caller may then change what the message views.
     """
-    delivered: set[PeerId] = set()
-
-    async def send_one(peer: PeerId) -> None:
-        with trio.CancelScope(deadline=deadline) as scope:
-            try:
-                await transport.send(peer, message)
-            except PeerUnreachable as exc:
-                log.info("could not send %s to %s: %s", what, peer, exc)
-                return
-            delivered.add(peer)
-        if scope.cancelled_caught:
-            log.info("gave up sending %s to %s at its deadline", what, peer)
-
-    async with trio.open_nursery() as nursery:
-        for peer in peers:
-            nursery.start_soon(send_one, peer)
-    return frozenset(delivered)
+    if trio.current_time() >= deadline:
+        log.info("%s not sent: it was ready only after its deadline", what)
+        return
+    with trio.move_on_at(deadline) as scope:
+        await transport.send_each(peers, message)
+    if scope.cancelled_caught:
+        log.info("gave up sending %s at its deadline to the peers still pending", what)
