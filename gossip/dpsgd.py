@@ -4,12 +4,13 @@ Each round every node trains, sends its model to all neighbours, and at the roun
 its model by the Metropolis-Hastings weighted average of its own and its neighbours' models:
 w_ij = 1 / (1 + max(deg_i, deg_j)) for a neighbour j, and w_ii = 1 - sum_j w_ij. The weights need
 the neighbour's degree, so it travels with the model. A neighbour whose model did not arrive (it
-crashed, or the link is down) simply leaves its weight with the own model.
+crashed, or the link is down) simply leaves its weight with the own model. Models go to all
+neighbours at once, and a node whose round overran skips to the round its neighbours are in
+(`gossip.rounds`).
 """
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 import trio
@@ -18,12 +19,10 @@ from gossip import timers
 from gossip.inbox import keep_newest
 from gossip.learning import Learning
 from gossip.protocol import RoundProtocol
+from gossip.rounds import RoundClock, send_to_each
 from transport.base import PeerId, Transport
 from transport.codec import message
-from transport.errors import PeerUnreachable
 from transport.messages import ModelPayload
-
-log = logging.getLogger(__name__)
 
 
 @message("dpsgd_model", version=1)
@@ -57,19 +56,19 @@ class DPSGD(RoundProtocol):
         inbox: dict[PeerId, DpsgdModel] = {}
         async with trio.open_nursery() as nursery:
             nursery.start_soon(keep_newest, transport, inbox, DpsgdModel)
-            start = trio.current_time()
-            for round_ in range(1, self.rounds + 1):
+            clock = RoundClock(trio.current_time(), self.period)
+            round_ = 1
+            while round_ <= self.rounds:
                 await learning.train()
                 neighbours = sorted(transport.peers())
                 update = DpsgdModel(
                     round=round_, degree=max(len(neighbours), 1), model=learning.export_model()
                 )
-                for peer in neighbours:
-                    try:
-                        await transport.send(peer, update)
-                    except PeerUnreachable as exc:
-                        log.info("could not send round %d model: %s", round_, exc)
-                await timers.sleep_until(start + round_ * self.period)
+                # Neighbours merge round `round_` at its end and drop its models after that.
+                await send_to_each(
+                    transport, neighbours, update, deadline=clock.end(round_), what=f"round {round_} model"
+                )
+                await timers.sleep_until(clock.end(round_))
                 current = {peer: m for peer, m in inbox.items() if m.round == round_ and peer in neighbours}
                 inbox.clear()
                 mixing = metropolis_hastings(
@@ -77,6 +76,7 @@ class DPSGD(RoundProtocol):
                 )
                 await learning.merge([(p, current[p].model) for p in sorted(current)], mixing=mixing)
                 await learning.finish_round(round_)
+                round_ = clock.next_round(round_, self.rounds, now=trio.current_time())
             nursery.cancel_scope.cancel()
 
 

@@ -1,14 +1,16 @@
 """Federated learning as a baseline: one fixed server samples `s` clients per round.
 
-The server sends its model to the round's clients, waits for their trained models (all of them, or
-what has arrived when `round_timeout` passes), merges them as the aggregation rule says and records
-the round. Clients adopt, train and answer. It runs on the same transport and learning interface as
-the decentralized protocols, so an emulator run can put it beside them on the same seed and data.
+The server sends its model to the round's clients (to all at once), waits for their trained models
+(all of them, or what has arrived when `round_timeout` passes), merges them as the aggregation rule
+says and records the round. Clients adopt, train and answer. It runs on the same transport and
+learning interface as the decentralized protocols, so an emulator run can put it beside them on the
+same seed and data.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import random
 from dataclasses import dataclass
 
@@ -16,6 +18,7 @@ import trio
 
 from gossip.learning import Learning
 from gossip.protocol import RoundProtocol
+from gossip.rounds import send_to_each
 from gossip.values import is_int, is_seconds
 from transport.base import PeerId, Received, Transport
 from transport.codec import message
@@ -77,11 +80,12 @@ class FederatedLearning(RoundProtocol):
         for round_ in range(1, self.rounds + 1):
             sample = rng.sample(clients, self.s)
             task = FlTask(round_, learning.export_model())
-            for client in sample:
-                try:
-                    await transport.send(client, task)
-                except PeerUnreachable as exc:
-                    log.info("server could not reach %s in round %d: %s", client, round_, exc)
+            # At once, so a client that never reads holds up the others' start by nothing; a task
+            # still on its way when the round times out would come back too late anyway.
+            timeout = self.round_timeout if self.round_timeout is not None else math.inf
+            await send_to_each(
+                transport, sample, task, deadline=trio.current_time() + timeout, what=f"round {round_} task"
+            )
             updates = await self._collect(transport, round_, set(sample))
             merged = await learning.aggregate([(peer, updates[peer]) for peer in sorted(updates)])
             if merged is not None:

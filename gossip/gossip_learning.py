@@ -1,14 +1,15 @@
 """Gossip learning: every node trains, pushes its model to random neighbours, merges what it got.
 
 Rounds are periods of the node's clock (virtual time in the emulator). Within a round a node
-trains, sends, and buffers what arrives; at the round's end it merges the buffer. Merging at fixed
-instants, with the buffer sorted by sender, makes the outcome independent of the order in which
-trio happens to schedule deliveries, which is what keeps emulator runs deterministic for a seed.
+trains, sends (to its fanout peers at once), and buffers what arrives; at the round's end it merges
+the buffer. A round that overruns makes the node skip the periods it missed (`gossip.rounds`).
+Merging at fixed instants, with the buffer sorted by sender, makes the outcome independent of the
+order in which trio happens to schedule deliveries, which is what keeps emulator runs deterministic
+for a seed.
 """
 
 from __future__ import annotations
 
-import logging
 import random
 from dataclasses import dataclass
 
@@ -18,11 +19,9 @@ from gossip import timers
 from gossip.inbox import keep_newest
 from gossip.learning import Learning
 from gossip.protocol import RoundProtocol
+from gossip.rounds import RoundClock, send_to_each
 from transport.base import PeerId, Transport
-from transport.errors import PeerUnreachable
 from transport.messages import ModelPayload, ModelUpdate
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -56,22 +55,26 @@ class GossipLearning(RoundProtocol):
         inbox: dict[PeerId, ModelUpdate] = {}
         async with trio.open_nursery() as nursery:
             nursery.start_soon(keep_newest, transport, inbox, ModelUpdate)
-            start = trio.current_time()
-            first = self.start_round
-            for round_ in range(first, self.rounds + 1):
+            clock = RoundClock(trio.current_time(), self.period, self.start_round)
+            round_ = self.start_round
+            while round_ <= self.rounds:
                 await learning.train()
                 update = ModelUpdate(round=round_, model=learning.export_model())
                 neighbours = sorted(transport.peers())
-                for peer in rng.sample(neighbours, min(self.fanout, len(neighbours))):
-                    try:
-                        await transport.send(peer, update)
-                    except PeerUnreachable as exc:
-                        log.info("could not push round %d model: %s", round_, exc)
-                await timers.sleep_until(start + (round_ - first + 1) * self.period)
+                # A push gets one period: a model still on its way by then is stale when it lands.
+                await send_to_each(
+                    transport,
+                    rng.sample(neighbours, min(self.fanout, len(neighbours))),
+                    update,
+                    deadline=trio.current_time() + self.period,
+                    what=f"round {round_} model",
+                )
+                await timers.sleep_until(clock.end(round_))
                 received: list[tuple[PeerId, ModelPayload]] = [
                     (sender, inbox[sender].model) for sender in sorted(inbox)
                 ]
                 inbox.clear()
                 await learning.merge(received)
                 await learning.finish_round(round_)
+                round_ = clock.next_round(round_, self.rounds, now=trio.current_time())
             nursery.cancel_scope.cancel()

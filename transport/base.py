@@ -7,10 +7,16 @@ protocol reads a single channel instead of juggling callbacks.
 
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import trio
+
+from transport.errors import PeerUnreachable
+
+log = logging.getLogger(__name__)
 
 PeerId = str
 
@@ -63,6 +69,27 @@ class Transport(ABC):
     async def send(self, peer: PeerId, message: object) -> None:
         """Deliver `message` to one connected peer; raise `PeerUnreachable` if it is not connected."""
 
+    async def send_each(self, peers: Sequence[PeerId], message: object) -> None:
+        """Send `message` to each of `peers` at once: a slow or frozen peer holds up no other.
+
+        A peer that cannot be reached is logged and skipped. Cancelling the call (a deadline around
+        it) ends the sends still running, each logged. Every send runs in its own task; a transport
+        whose `send` never blocks overrides this with a plain loop, which costs no task per message.
+        """
+
+        async def send_one(peer: PeerId) -> None:
+            try:
+                await self.send(peer, message)
+            except PeerUnreachable as exc:
+                log_unreachable(message, peer, exc)
+            except trio.Cancelled:
+                log.info("gave up sending %s to %s", type(message).__name__, peer)
+                raise
+
+        async with trio.open_nursery() as nursery:
+            for peer in peers:
+                nursery.start_soon(send_one, peer)
+
     @abstractmethod
     async def publish(self, topic: str, message: object) -> None:
         """Send a small control message to every peer subscribed to `topic`."""
@@ -82,3 +109,8 @@ class Transport(ABC):
         A transport that keeps penalties bans a peer that offends too often (the libp2p one does);
         one that keeps none, like the in-memory network of the emulator, ignores it.
         """
+
+
+def log_unreachable(message: object, peer: PeerId, exc: PeerUnreachable) -> None:
+    """The one log line for a send that failed because the peer could not be reached."""
+    log.info("could not send %s to %s: %s", type(message).__name__, peer, exc)

@@ -344,6 +344,8 @@ class NodeConfig(_Strict):
     announce: list[Multiaddr] | None = None
     bootstrap: list[PeerAddr] = []
     max_connections: PositiveInt = 128
+    # An inbound connection that has not finished Noise + Yamux by then is closed, freeing its slot.
+    handshake_timeout: PositiveFloat = 10.0
     discovery: PeerDiscoveryConfig = PeerDiscoveryConfig()
     compression: ModelCompressionConfig = ModelCompressionConfig()
     penalties: PenaltiesConfig = PenaltiesConfig()

@@ -480,6 +480,7 @@ async def _open_node_transport(
         announce=config.announce,
         bootstrap=config.bootstrap,
         max_connections=config.max_connections,
+        handshake_timeout=config.handshake_timeout,
         discovery=config.discovery.enabled,
         discovery_interval=config.discovery.interval,
         discovery_target=config.discovery.target,

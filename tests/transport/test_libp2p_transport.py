@@ -350,6 +350,61 @@ def test_connections_beyond_the_limit_are_refused():
     run(main)
 
 
+def tcp_address(transport) -> tuple[str, int]:
+    addr = multiaddr.Multiaddr(transport.addrs[0])
+    return addr.value_for_protocol("ip4"), int(addr.value_for_protocol("tcp"))
+
+
+async def wait_until(predicate, *, poll: float = 0.05) -> None:
+    """Poll `predicate` until it holds (the test's own deadline bounds the wait)."""
+    while not predicate():
+        await trio.sleep(poll)
+
+
+def test_idle_sockets_lose_their_slots_after_the_handshake_timeout_and_are_counted():
+    async def main():
+        async with AsyncExitStack() as stack:
+            a = await stack.enter_async_context(node(max_connections=2, handshake_timeout=2.0))
+            early = await stack.enter_async_context(node())
+            late = await stack.enter_async_context(node())
+            # Two TCP connections that never speak: a port scanner, or an attacker filling slots.
+            idle = [await trio.open_tcp_stream(*tcp_address(a)) for _ in range(2)]
+            stack.push_async_callback(lambda: trio.aclose_forcefully(idle[0]))
+            stack.push_async_callback(lambda: trio.aclose_forcefully(idle[1]))
+            # While they handshake, they hold both slots: a real peer is refused.
+            with pytest.raises(PeerUnreachable):
+                await early.connect(a.addrs[0], timeout=5)
+            assert a.libp2p_stats.rejected_by_reason["inbound:full"] >= 1
+            # Past the deadline a closes them (EOF, whatever it wrote first)...
+            for stream in idle:
+                while await stream.receive_some():
+                    pass
+            await wait_until(lambda: a.libp2p_stats.rejected_by_reason["inbound:handshake_timeout"] == 2)
+            # ...and a real peer gets in.
+            await late.connect(a.addrs[0], timeout=5)
+            assert await next_event(a, PeerConnected) == PeerConnected(late.peer_id)
+            reasons = a.libp2p_stats.rejected_by_reason
+            inbound = sum(count for reason, count in reasons.items() if reason.startswith("inbound:"))
+            assert a.libp2p_stats.inbound_rejected == inbound
+
+    run(main)
+
+
+def test_slots_of_closed_inbound_connections_come_back():
+    """py-libp2p itself keeps an inbound connection's slot until the host stops, not until it closes."""
+
+    async def main():
+        async with node(max_connections=2) as a:
+            for _ in range(4):  # twice the cap, one after the other
+                async with node() as b:
+                    await b.connect(a.addrs[0], timeout=5)
+                    assert await next_event(a, PeerConnected) == PeerConnected(b.peer_id)
+                assert await next_event(a, PeerDisconnected, timeout=10) == PeerDisconnected(b.peer_id)
+            assert a.libp2p_stats.inbound_rejected == 0
+
+    run(main, timeout=60)
+
+
 def test_oversize_headers_are_refused_before_any_allocation():
     async def main():
         async with AsyncExitStack() as stack:

@@ -5,13 +5,15 @@ authenticates nothing and may claim any peer ID, so every message's sender would
 `sec_opt` with Noise alone, so a peer that cannot speak Noise fails the handshake. Likewise
 `muxer_opt` has Yamux alone (the default also offers mplex, which has no flow control).
 
-Connections beyond `max_connections` are refused by the swarm (closed at registration, before any
-stream), which bounds what a crowd of peers can make us hold. `gate_dials` lets the transport
-refuse to dial some peers (banned ones) whoever asks for the dial.
+Connections beyond `max_connections` are refused (see `transport.libp2p.admission`): it bounds every
+connection we hold, a handshake in progress included, and a handshake that does not complete within
+`handshake_timeout` is closed, which bounds what a crowd of peers (or of idle sockets) can make us
+hold. `gate_dials` lets the transport refuse to dial some peers (banned ones) whoever asks for the dial.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import multiaddr
@@ -27,6 +29,9 @@ from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
+
+from transport.libp2p.admission import admit_inbound
+from transport.libp2p.stats import Libp2pStats
 
 __all__ = ["DEFAULT_LISTEN", "build_host", "gate_dials", "muxer_options", "security_options"]
 
@@ -62,12 +67,16 @@ def build_host(
     announce: Sequence[str | multiaddr.Multiaddr] | None = None,
     max_connections: int = 128,
     dial_timeout: float = 10.0,
+    handshake_timeout: float = 10.0,
+    stats: Libp2pStats | None = None,
 ) -> IHost:
     """A host for `key_pair`, not yet listening: run it with ``host.run(parse_multiaddrs(listen))``.
 
     `announce` replaces the listen addresses in what the host tells peers (e.g. a public address
     behind port forwarding). The swarm's auto-connector is disabled and the pruning watermark is the
-    connection cap: which peers to keep is the gossip layer's decision, not libp2p's.
+    connection cap: which peers to keep is the gossip layer's decision, not libp2p's. An inbound
+    connection gets `handshake_timeout` seconds to complete Noise and Yamux; refused and dropped
+    inbound connections are counted in `stats`.
     """
     if max_connections < 1:
         raise ValueError(f"max_connections must be >= 1, got {max_connections}")
@@ -84,6 +93,8 @@ def build_host(
         high_watermark=max_connections,
         max_connections_per_peer=2,  # room for a simultaneous dial in both directions
         dial_timeout=dial_timeout,
+        # The admission's cancel scope is the one deadline on an inbound handshake (`admit_inbound`).
+        inbound_upgrade_timeout=math.inf,
     )
     host = new_host(
         key_pair=key_pair,
@@ -95,6 +106,12 @@ def build_host(
         enable_tcp=True,
     )
     _disable_auto_connector(host)
+    admit_inbound(
+        host,
+        stats=stats if stats is not None else Libp2pStats(),
+        max_connections=max_connections,
+        handshake_timeout=handshake_timeout,
+    )
     return host
 
 

@@ -14,7 +14,8 @@ __all__ = ["Libp2pStats"]
 
 @dataclass(slots=True)
 class Libp2pStats:
-    """Model-plane transfers, control-plane (gossip) messages, discovery and bans, by outcome."""
+    """Model-plane transfers, control-plane (gossip) messages, discovery, bans and inbound
+    connections, by outcome."""
 
     transfers_sent: int = 0
     transfers_failed: int = 0  # outbound: timed out, reset, refused by the peer
@@ -30,6 +31,7 @@ class Libp2pStats:
     rendezvous_requests_failed: int = 0  # our register/discover requests that failed or were refused
     rendezvous_served: int = 0  # requests answered by our rendezvous point
     rendezvous_rejected: int = 0  # requests it refused or streams it cut off, see `rejected_by_reason`
+    inbound_rejected: int = 0  # inbound connections refused (full) or closed mid-handshake, by reason
     rejected_by_reason: Counter[str] = field(default_factory=Counter)
 
     def reject_transfer(self, reason: str) -> None:
@@ -39,6 +41,10 @@ class Libp2pStats:
     def reject_gossip(self, reason: str) -> None:
         self.gossip_rejected += 1
         self.rejected_by_reason[f"gossip:{reason}"] += 1
+
+    def reject_inbound(self, reason: str) -> None:
+        self.inbound_rejected += 1
+        self.rejected_by_reason[f"inbound:{reason}"] += 1
 
     def reject_rendezvous(self, reason: str) -> None:
         self.rendezvous_rejected += 1

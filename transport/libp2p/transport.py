@@ -191,6 +191,7 @@ async def open_libp2p_transport(
     announce: Sequence[str] | None = None,
     bootstrap: Sequence[str] = (),
     max_connections: int = 128,
+    handshake_timeout: float = 10.0,
     model: ModelPlaneConfig = DEFAULT_MODEL_PLANE,
     control: ControlPlaneConfig = DEFAULT_CONTROL_PLANE,
     limits: codec.Limits = codec.DEFAULT_LIMITS,
@@ -211,6 +212,8 @@ async def open_libp2p_transport(
     `listen` and `bootstrap` are multiaddrs, bootstrap ones with ``/p2p/<peer id>``; bootstrap peers
     are redialed with backoff (`bootstrap_backoff` = initial, max seconds) for as long as we run;
     entries with our own peer ID are skipped. Every listen address must be bound, or `ListenFailed`.
+    At most `max_connections` connections are held, handshakes in progress included; an inbound one
+    that completes no Noise/Yamux handshake within `handshake_timeout` seconds is closed and counted.
     `accept_transfer(sender, header)` may refuse a model-plane transfer before its body is read.
     At most `max_pending_models` received models wait unread in `events`; beyond that, senders
     are refused as busy rather than buffered. `compression` is how models we send travel (we
@@ -228,15 +231,17 @@ async def open_libp2p_transport(
     listen_addrs = parse_multiaddrs([listen] if isinstance(listen, str) else listen)
     bootstrap_peers = _others(key_pair, [_peer_info(addr) for addr in parse_multiaddrs(bootstrap)])
 
+    traffic, stats = TrafficStats(), Libp2pStats()
     host = build_host(
         key_pair,
         listen=listen_addrs,
         announce=announce,
         max_connections=max_connections,
         dial_timeout=model.connect_timeout,
+        handshake_timeout=handshake_timeout,
+        stats=stats,
     )
     inbox = Inbox()
-    traffic, stats = TrafficStats(), Libp2pStats()
     bans = Bans(host, Penalties(penalties), stats=stats)
     gate_dials(host, bans.may_dial)
     tracker = ConnectionTracker(inbox, own=host.get_id(), admit=bans.admit)
