@@ -118,6 +118,10 @@ class _ModestNode:
         self.aggregated_round = 0  # newest round this node aggregated
         self.buffers: dict[int, dict[PeerId, ModelPayload]] = {}
         self.training: trio.CancelScope | None = None
+        # Held while a round adopts and trains. A pre-empted round may still be in a training step
+        # (a worker thread, which trio cannot interrupt): the newer one waits for it to let go of
+        # the model rather than load and train it from a second thread at the same time.
+        self.model_in_use = trio.Lock()
         self.finished = trio.Event()
 
     async def run(self) -> None:
@@ -236,15 +240,16 @@ class _ModestNode:
         self, round: int, aggregate: tuple[PeerId, ModelPayload] | None, scope: trio.CancelScope
     ) -> None:
         with scope:
-            if aggregate is not None:
-                if not await self.learning.adopt(*aggregate):
-                    return  # the learning side logged and counted the bad model
-                await self.learning.finish_round(round - 1)
-                if round - 1 >= self.protocol.rounds:
-                    self.finished.set()
-                    return
-            await self.learning.train()
-            trained = self.learning.export_model()
+            async with self.model_in_use:
+                if aggregate is not None:
+                    if not await self.learning.adopt(*aggregate):
+                        return  # the learning side logged and counted the bad model
+                    await self.learning.finish_round(round - 1)
+                    if round - 1 >= self.protocol.rounds:
+                        self.finished.set()
+                        return
+                await self.learning.train()
+                trained = self.learning.export_model()
             while True:
                 aggregators = await self._sample(round + 1, self.settings.a)
                 if any(self.pinger.reported.get(peer, 0) >= round for peer in aggregators):

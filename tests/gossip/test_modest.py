@@ -22,15 +22,17 @@ def run_modest(
     leave: dict[str, float] | None = None,
     join: dict[str, float] | None = None,
     until: float = 1_000.0,
+    learning=lambda peer: ScalarLearning(0.0, peer_id=peer, step=1.0),
 ):
     """Run MoDeST on `n` peers (plus `join`ers, started late) with scalar models that gain 1 per training.
 
     `crash` and `leave` map a peer to the virtual time it stops: crashed peers vanish silently,
     leaving ones stop gracefully. The run ends when a node finished round `rounds` or at `until`.
+    `learning(peer)` makes a peer's learning side.
     """
     founders = [f"p{i:02d}" for i in range(n)]
     everyone = founders + sorted(join or {})
-    learnings = {p: ScalarLearning(0.0, peer_id=p, step=1.0) for p in everyone}
+    learnings = {p: learning(p) for p in everyone}
     protocol = Modest(rounds=rounds, participants=tuple(founders), settings=settings)
 
     async def main():
@@ -121,6 +123,43 @@ def test_without_timeout_or_spare_a_crashed_trainer_stalls_the_round():
     victim = sample_order(peers, 2)[1]
     learnings = run_modest(10, 6, ModestSettings(s=3, a=1), crash={victim: 0.2}, until=200.0)
     assert not finishers(learnings, 2)
+
+
+class StepsInAThread(ScalarLearning):
+    """Training that runs on for `seconds` when cancelled, as a step in a worker thread does (trio
+    waits for the thread). `overlaps` counts trainings and adoptions begun while a training runs."""
+
+    def __init__(self, peer_id: str, seconds: float) -> None:
+        super().__init__(0.0, peer_id, step=1.0)
+        self.seconds, self.running, self.overlaps, self.adopted = seconds, 0, 0, 0
+
+    async def train(self) -> None:
+        self.overlaps += self.running > 0
+        self.running += 1
+        try:
+            with trio.CancelScope(shield=True):
+                await trio.sleep(self.seconds)
+            self.trained += 1
+            self.value += self.step
+        finally:
+            self.running -= 1
+
+    async def adopt(self, sender, model) -> bool:
+        self.overlaps += self.running > 0
+        self.adopted += 1
+        return await super().adopt(sender, model)
+
+
+def test_a_newer_aggregate_waits_for_the_pre_empted_training_to_let_go_of_the_model():
+    peers = [f"p{i:02d}" for i in range(10)]
+    slow = sample_order(peers, 2)[1]  # trains for 5 s: later aggregates reach it meanwhile
+    settings = ModestSettings(s=3, a=1, aggregation_timeout=3.0, min_models=1)
+    learnings = run_modest(
+        10, 8, settings, learning=lambda peer: StepsInAThread(peer, 5.0 if peer == slow else 0.1)
+    )
+    assert finishers(learnings, 8), "the run stalled"
+    assert learnings[slow].adopted, "no newer aggregate reached the slow node: the test shows nothing"
+    assert [lr.overlaps for lr in learnings.values()] == [0] * 10
 
 
 def test_most_nodes_crashing_does_not_stop_training():
