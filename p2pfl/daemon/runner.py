@@ -103,6 +103,7 @@ class NodeHandle:
         self.checkpoint_failures = 0
         self.checkpoint_skipped = 0  # diverged models not written
         self.checkpoint_error: str | None = None
+        self._last_finished = self.resumed_round  # the round before the one `round_finished` reports
         self._restored_info = dict(restored.info) if restored else {}
         self._started_at = time.monotonic()
         self._round_changed = trio.Event()
@@ -268,7 +269,12 @@ class NodeHandle:
             },
         )
         checkpoint = self.config.checkpoint
-        if checkpoint.enabled and record.round % checkpoint.every == 0:
+        previous, self._last_finished = self._last_finished, record.round
+        # Every `every`-th round, or a round that skipped past one (a node that overruns its period
+        # skips rounds: with `every` = 3, rounds 1, 4, 7... would otherwise never be checkpointed).
+        every = checkpoint.every
+        due = record.round % every == 0 or record.round // every > previous // every
+        if checkpoint.enabled and due:
             self._pending = self._snapshot(record.round)
             self._wake_writer.set()
         event, self._round_changed = self._round_changed, trio.Event()
