@@ -188,10 +188,17 @@ def status(data_dir: Path | None, url: str | None, as_json: bool, timeout: float
         ) from None
     except json.JSONDecodeError as exc:
         raise click.ClickException(f"{endpoint} did not answer JSON: {exc}") from exc
+    not_status = f"{endpoint} did not answer a p2pfl status document"
+    if not isinstance(document, dict):  # another service on that port, or a URL that is not a node's
+        raise click.ClickException(f"{not_status}: a JSON {type(document).__name__}, not an object")
     if as_json:
         click.echo(json.dumps(document, indent=2, sort_keys=True))
-    else:
-        click.echo(_summary(document))
+        return
+    try:
+        summary = _summary(document)
+    except (AttributeError, TypeError, ValueError) as exc:  # a field of the wrong type
+        raise click.ClickException(f"{not_status}: {exc}") from None
+    click.echo(summary)
 
 
 def _status_url(data_dir: Path) -> str:
