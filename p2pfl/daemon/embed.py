@@ -126,7 +126,8 @@ class NodeThread:
             self.stop()
         except Exception as stop_error:
             log.error("the node failed to stop after an error in the with block", exc_info=stop_error)
-            exc.add_note(f"stopping the node also failed: {stop_error!r}")
+            cause = f", caused by {stop_error.__cause__!r}" if stop_error.__cause__ is not None else ""
+            exc.add_note(f"stopping the node also failed: {stop_error!r}{cause}")
 
     @property
     def running(self) -> bool:
@@ -155,7 +156,10 @@ class NodeThread:
             if not ok:
                 raise TimeoutError(f"round {round} not reached within {timeout} s (at {self._last_round})")
             if self._last_round < round:
-                raise RuntimeError(f"the node stopped at round {self._last_round}") from self._error
+                error = self._error
+                # What the node died of, as stop() gives it: not the ExceptionGroups around it.
+                cause = sole_exception(error) if error is not None else None
+                raise RuntimeError(f"the node stopped at round {self._last_round}") from cause
             return self._last_round
 
     # --- the trio side -------------------------------------------------------------------------------

@@ -282,3 +282,17 @@ def test_a_node_that_fails_to_stop_outside_an_error_raises_as_stop_does(tmp_path
     ):
         node.wait_for_round(1, timeout=60)
     assert isinstance(raised.value.__cause__, ValueError)
+
+
+def test_wait_for_round_on_a_dead_node_names_what_it_died_of(tmp_path):
+    """Its cause was the raw nest of trio ExceptionGroups (five deep), where stop() unwraps it;
+    the note on a with block's own error now names it too."""
+    config = node_config(tmp_path)
+    learner, _ = watched_learner(config, fail=True)
+    with pytest.raises(KeyError) as raised, NodeThread(config, learner=learner) as node:
+        with pytest.raises(RuntimeError, match="the node stopped at round 0") as waited:
+            node.wait_for_round(1, timeout=60)
+        assert isinstance(waited.value.__cause__, ValueError), repr(waited.value.__cause__)
+        raise KeyError("the application's own error")
+    (note,) = raised.value.__notes__
+    assert note.endswith("caused by ValueError('training failed')")
