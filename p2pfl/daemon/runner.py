@@ -53,7 +53,15 @@ from p2pfl.learner import Learner
 from p2pfl.node import Node, RoundRecord
 from transport.libp2p import Libp2pTransport, open_libp2p_transport
 
-__all__ = ["EXIT_FORCED", "STATUS_FILE", "DataDirInUse", "NodeHandle", "open_node", "run_daemon"]
+__all__ = [
+    "EXIT_FORCED",
+    "STATUS_FILE",
+    "DataDirInUse",
+    "NodeHandle",
+    "ProtocolEnded",
+    "open_node",
+    "run_daemon",
+]
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +74,10 @@ EXIT_FORCED = 3
 
 class DataDirInUse(P2PFLError):
     """Another node (process or thread) runs with this data dir: its identity and checkpoints."""
+
+
+class ProtocolEnded(P2PFLError):
+    """A round was awaited that the node will not reach: its protocol has run its last round."""
 
 
 _HISTORY_IN_STATUS = 20  # rounds listed in /status
@@ -133,8 +145,11 @@ class NodeHandle:
         return self._done.is_set()
 
     async def wait_for_round(self, round: int) -> int:
-        """Return the current round once it is >= `round` (raises `trio.Cancelled` on stop only)."""
+        """Return the current round once it is >= `round`; `ProtocolEnded` if the protocol ran its
+        last round short of it (rounds < `round`, or a MoDeST node left at rounds - 1)."""
         while self.round < round:
+            if self.done:
+                raise ProtocolEnded(f"the protocol ended at round {self.round}, before round {round}")
             await self._round_changed.wait()
         return self.round
 
@@ -214,6 +229,8 @@ class NodeHandle:
         await self.node.run()
         self.state = "done"
         self._done.set()
+        event, self._round_changed = self._round_changed, trio.Event()
+        event.set()  # wakes `wait_for_round` for a round that will not come
         log.info("protocol finished", extra={"round": self.round})
         # Still connected and serving status, but nobody reads the transport any more: drop what
         # arrives rather than let it fill the inbox (and refuse peers as busy).
