@@ -164,7 +164,13 @@ def node_run(config_path: Path, fast_exit: bool) -> None:
 )
 @click.option("--url", help="The status endpoint, e.g. http://127.0.0.1:9464.")
 @click.option("--json", "as_json", is_flag=True, help="Print the raw status document.")
-@click.option("--timeout", default=5.0, show_default=True, help="Seconds to wait for an answer.")
+@click.option(
+    "--timeout",
+    default=5.0,
+    show_default=True,
+    callback=lambda ctx, param, value: _seconds(value),
+    help="Seconds to wait for an answer.",
+)
 def status(data_dir: Path | None, url: str | None, as_json: bool, timeout: float) -> None:
     """Show a running node's status: round, accuracy, traffic and every peer."""
     if (data_dir is None) == (url is None):
@@ -188,10 +194,28 @@ def status(data_dir: Path | None, url: str | None, as_json: bool, timeout: float
         ) from None
     except json.JSONDecodeError as exc:
         raise click.ClickException(f"{endpoint} did not answer JSON: {exc}") from exc
+    not_status = f"{endpoint} did not answer a p2pfl status document"
+    if not isinstance(document, dict):  # another service on that port, or a URL that is not a node's
+        raise click.ClickException(f"{not_status}: a JSON {type(document).__name__}, not an object")
     if as_json:
         click.echo(json.dumps(document, indent=2, sort_keys=True))
-    else:
-        click.echo(_summary(document))
+        return
+    try:
+        summary = _summary(document)
+    except (AttributeError, TypeError, ValueError) as exc:  # a field of the wrong type
+        raise click.ClickException(f"{not_status}: {exc}") from None
+    click.echo(summary)
+
+
+_MAX_TIMEOUT = 86400.0  # socket.settimeout overflows on far larger values
+
+
+def _seconds(value: float) -> float:
+    """`--timeout` as socket.settimeout takes it: finite, > 0 (0 would make the socket non-blocking and
+    report a running node as down) and not absurdly large. Each of those raised a traceback."""
+    if not 0 < value <= _MAX_TIMEOUT:  # also refuses NaN, which compares false either way
+        raise click.BadParameter(f"must be > 0 and <= {_MAX_TIMEOUT:g} seconds, got {value}")
+    return value
 
 
 def _status_url(data_dir: Path) -> str:

@@ -20,6 +20,7 @@ _EXPORTS = {
     "load_checkpoint": "p2pfl.daemon.checkpoint",
     "save_checkpoint": "p2pfl.daemon.checkpoint",
     "NodeHandle": "p2pfl.daemon.runner",
+    "ProtocolEnded": "p2pfl.daemon.runner",
     "open_node": "p2pfl.daemon.runner",
     "run_daemon": "p2pfl.daemon.runner",
     "NodeThread": "p2pfl.daemon.embed",

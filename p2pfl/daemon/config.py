@@ -410,6 +410,9 @@ def load_config(path: str | Path) -> NodeConfig:
         data = tomllib.loads(path.read_text())
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:  # TOML is UTF-8: a file in another encoding, or not text
+        problem = f"not UTF-8 text ({exc.reason} at byte {exc.start})"
+        raise ConfigError(f"{path}: not valid TOML: {problem}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     return parse_config(data, source=str(path), base_dir=path.resolve().parent)

@@ -26,7 +26,7 @@ from typing import Any
 import trio
 
 from p2pfl.daemon.config import NodeConfig
-from p2pfl.daemon.runner import NodeHandle, open_node
+from p2pfl.daemon.runner import NodeHandle, ProtocolEnded, open_node
 from p2pfl.errors import sole_exception
 from p2pfl.learner import Learner
 from p2pfl.node import RoundRecord
@@ -56,6 +56,7 @@ class NodeThread:
         self._started = threading.Event()
         self._round = threading.Condition()
         self._last_round = 0
+        self._protocol_done = False  # the protocol ran its last round (the node still serves)
         self._handle: NodeHandle | None = None
         self._lock = threading.Lock()  # orders stop() against the trio thread publishing its token
         self._stopping = False
@@ -126,7 +127,8 @@ class NodeThread:
             self.stop()
         except Exception as stop_error:
             log.error("the node failed to stop after an error in the with block", exc_info=stop_error)
-            exc.add_note(f"stopping the node also failed: {stop_error!r}")
+            cause = f", caused by {stop_error.__cause__!r}" if stop_error.__cause__ is not None else ""
+            exc.add_note(f"stopping the node also failed: {stop_error!r}{cause}")
 
     @property
     def running(self) -> bool:
@@ -147,15 +149,22 @@ class NodeThread:
         return self._call(self._require().status)
 
     def wait_for_round(self, round: int, timeout: float | None = None) -> int:
-        """Block until the node has completed `round`; the round reached, or `TimeoutError`."""
+        """Block until the node has completed `round`; the round reached, or `TimeoutError`, or
+        `ProtocolEnded` once the protocol has run its last round short of `round`."""
         with self._round:
             ok = self._round.wait_for(
-                lambda: self._last_round >= round or not self._thread.is_alive(), timeout
+                lambda: self._last_round >= round or self._protocol_done or not self._thread.is_alive(),
+                timeout,
             )
             if not ok:
                 raise TimeoutError(f"round {round} not reached within {timeout} s (at {self._last_round})")
+            if self._last_round < round and self._thread.is_alive():
+                raise ProtocolEnded(f"the protocol ended at round {self._last_round}, before round {round}")
             if self._last_round < round:
-                raise RuntimeError(f"the node stopped at round {self._last_round}") from self._error
+                error = self._error
+                # What the node died of, as stop() gives it: not the ExceptionGroups around it.
+                cause = sole_exception(error) if error is not None else None
+                raise RuntimeError(f"the node stopped at round {self._last_round}") from cause
             return self._last_round
 
     # --- the trio side -------------------------------------------------------------------------------
@@ -181,7 +190,16 @@ class NodeThread:
                 handle.add_round_listener(self._on_round)
                 self._handle = handle
                 self._started.set()
-                await self._stop.wait()
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._watch_done, handle)
+                    await self._stop.wait()
+                    nursery.cancel_scope.cancel()
+
+    async def _watch_done(self, handle: NodeHandle) -> None:
+        await handle.wait_done()
+        with self._round:
+            self._protocol_done = True
+            self._round.notify_all()
 
     def _request_stop(self) -> None:
         """On the trio thread: a running node ends its block (and stops as `open_node` stops it on

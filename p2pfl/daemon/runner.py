@@ -53,7 +53,15 @@ from p2pfl.learner import Learner
 from p2pfl.node import Node, RoundRecord
 from transport.libp2p import Libp2pTransport, open_libp2p_transport
 
-__all__ = ["EXIT_FORCED", "STATUS_FILE", "DataDirInUse", "NodeHandle", "open_node", "run_daemon"]
+__all__ = [
+    "EXIT_FORCED",
+    "STATUS_FILE",
+    "DataDirInUse",
+    "NodeHandle",
+    "ProtocolEnded",
+    "open_node",
+    "run_daemon",
+]
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +74,10 @@ EXIT_FORCED = 3
 
 class DataDirInUse(P2PFLError):
     """Another node (process or thread) runs with this data dir: its identity and checkpoints."""
+
+
+class ProtocolEnded(P2PFLError):
+    """A round was awaited that the node will not reach: its protocol has run its last round."""
 
 
 _HISTORY_IN_STATUS = 20  # rounds listed in /status
@@ -103,6 +115,7 @@ class NodeHandle:
         self.checkpoint_failures = 0
         self.checkpoint_skipped = 0  # diverged models not written
         self.checkpoint_error: str | None = None
+        self._last_finished = self.resumed_round  # the round before the one `round_finished` reports
         self._restored_info = dict(restored.info) if restored else {}
         self._started_at = time.monotonic()
         self._round_changed = trio.Event()
@@ -132,8 +145,11 @@ class NodeHandle:
         return self._done.is_set()
 
     async def wait_for_round(self, round: int) -> int:
-        """Return the current round once it is >= `round` (raises `trio.Cancelled` on stop only)."""
+        """Return the current round once it is >= `round`; `ProtocolEnded` if the protocol ran its
+        last round short of it (rounds < `round`, or a MoDeST node left at rounds - 1)."""
         while self.round < round:
+            if self.done:
+                raise ProtocolEnded(f"the protocol ended at round {self.round}, before round {round}")
             await self._round_changed.wait()
         return self.round
 
@@ -213,6 +229,8 @@ class NodeHandle:
         await self.node.run()
         self.state = "done"
         self._done.set()
+        event, self._round_changed = self._round_changed, trio.Event()
+        event.set()  # wakes `wait_for_round` for a round that will not come
         log.info("protocol finished", extra={"round": self.round})
         # Still connected and serving status, but nobody reads the transport any more: drop what
         # arrives rather than let it fill the inbox (and refuse peers as busy).
@@ -268,7 +286,12 @@ class NodeHandle:
             },
         )
         checkpoint = self.config.checkpoint
-        if checkpoint.enabled and record.round % checkpoint.every == 0:
+        previous, self._last_finished = self._last_finished, record.round
+        # Every `every`-th round, or a round that skipped past one (a node that overruns its period
+        # skips rounds: with `every` = 3, rounds 1, 4, 7... would otherwise never be checkpointed).
+        every = checkpoint.every
+        due = record.round % every == 0 or record.round // every > previous // every
+        if checkpoint.enabled and due:
             self._pending = self._snapshot(record.round)
             self._wake_writer.set()
         event, self._round_changed = self._round_changed, trio.Event()

@@ -259,3 +259,19 @@ def test_a_huge_peer_model_merged_by_fedavg_does_not_replace_the_last_good_check
     assert "its evaluated loss is" in handle.checkpoint_error
     metrics = render_metrics({"checkpoint": {"skipped": handle.checkpoint_skipped}}).decode()
     assert "p2pfl_checkpoint_skipped_total 1.0" in metrics
+
+
+def test_rounds_skipped_past_a_multiple_of_every_still_checkpoint(tmp_path):
+    """A node that overruns its period skips rounds (gossip.rounds.RoundClock): with every = 3 and
+    rounds 1, 4, 7, 10, ... no round is a multiple of 3, and no checkpoint was ever queued before
+    the final one, so a crash lost the whole run. A round past a multiple is checkpointed."""
+    config = node_config(tmp_path, checkpoint={"every": 3})
+    transport = SimpleNamespace(peer_id="12D3KooWSelf", peers=lambda: [])
+    handle = NodeHandle(config, transport=transport, learner=build_learner(config), restored=None)
+    queued = []
+    for round_ in (1, 4, 7, 10, 12, 13):
+        handle.round_finished(None, RoundRecord(round_, 0.0, None, None, 0, 0))
+        if handle._pending is not None:
+            queued.append(handle._pending.round)
+            handle._pending = None
+    assert queued == [4, 7, 10, 12]

@@ -290,6 +290,16 @@ def test_load_config_reports_bad_toml_and_missing_files(tmp_path):
         load_config(tmp_path / "missing.toml")
 
 
+def test_a_config_file_that_is_not_utf8_is_a_config_error_and_a_usage_error(tmp_path):
+    """It raised a bare UnicodeDecodeError: a traceback and exit code 1 from `p2pfl node run`."""
+    latin1 = tmp_path / "latin1.toml"
+    latin1.write_bytes('data_dir = "caf\u00e9"\n'.encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin1\.toml: not valid TOML: not UTF-8 text"):
+        load_config(latin1)
+    result = CliRunner().invoke(main, ["node", "run", "--config", str(latin1), "--no-fast-exit"])
+    assert result.exit_code == 2 and "not UTF-8 text" in result.output, result.output
+
+
 def test_node_run_reports_a_bad_config_as_a_usage_error(write_toml, tmp_path):
     path = write_toml("node.toml", node_settings(tmp_path, task={"shard": {"index": 5, "of": 2}}))
     result = CliRunner().invoke(main, ["node", "run", "--config", str(path), "--no-fast-exit"])

@@ -18,7 +18,7 @@ from daemon_helpers import node_config
 from p2pfl.daemon import embed
 from p2pfl.daemon.checkpoint import CHECKPOINT_FILE, CheckpointError, load_checkpoint
 from p2pfl.daemon.embed import NodeThread, open_node
-from p2pfl.daemon.runner import STATUS_FILE, DataDirInUse
+from p2pfl.daemon.runner import STATUS_FILE, DataDirInUse, ProtocolEnded
 from p2pfl.daemon.task import build_learner
 from transport.libp2p import ListenFailed
 
@@ -282,3 +282,36 @@ def test_a_node_that_fails_to_stop_outside_an_error_raises_as_stop_does(tmp_path
     ):
         node.wait_for_round(1, timeout=60)
     assert isinstance(raised.value.__cause__, ValueError)
+
+
+def test_wait_for_round_on_a_dead_node_names_what_it_died_of(tmp_path):
+    """Its cause was the raw nest of trio ExceptionGroups (five deep), where stop() unwraps it;
+    the note on a with block's own error now names it too."""
+    config = node_config(tmp_path)
+    learner, _ = watched_learner(config, fail=True)
+    with pytest.raises(KeyError) as raised, NodeThread(config, learner=learner) as node:
+        with pytest.raises(RuntimeError, match="the node stopped at round 0") as waited:
+            node.wait_for_round(1, timeout=60)
+        assert isinstance(waited.value.__cause__, ValueError), repr(waited.value.__cause__)
+        raise KeyError("the application's own error")
+    (note,) = raised.value.__notes__
+    assert note.endswith("caused by ValueError('training failed')")
+
+
+def test_waiting_for_a_round_past_the_last_one_raises_once_the_protocol_ends(tmp_path):
+    """A node that has run its last round keeps serving, so nothing woke a waiter for a later round:
+    NodeThread.wait_for_round(5) of a 3-round node blocked until its timeout (forever without
+    one), and so did `await handle.wait_for_round(5)`."""
+    with NodeThread(node_config(tmp_path / "thread", rounds=3, period=0.1)) as node:
+        with pytest.raises(ProtocolEnded, match="ended at round 3, before round 5"):
+            node.wait_for_round(5, timeout=60)
+        assert node.running and node.wait_for_round(3, timeout=1) == 3
+
+    async def main():
+        async with open_node(node_config(tmp_path / "trio", rounds=3, period=0.1)) as handle:
+            with trio.fail_after(60), pytest.raises(ProtocolEnded, match="ended at round 3"):
+                await handle.wait_for_round(5)
+            with trio.fail_after(1):
+                assert await handle.wait_for_round(3) == 3
+
+    trio.run(main)

@@ -162,6 +162,25 @@ def test_status_cli_says_when_no_daemon_runs(tmp_path, server):
     assert result.exit_code == 2 and "exactly one of --data-dir and --url" in result.output
 
 
+@pytest.mark.parametrize(
+    ("document", "reason"),
+    [([1, 2], "a JSON list, not an object"), ({"peer_id": "x", "checkpoint": "x"}, "'str' object")],
+)
+def test_status_cli_names_an_answer_that_is_not_a_status_document(server, document, reason):
+    """A URL of another service that answers JSON: `p2pfl status` died with an AttributeError."""
+    server.state["document"] = document
+    result = CliRunner().invoke(main, ["status", "--url", server.url])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    assert "did not answer a p2pfl status document" in result.output and reason in result.output
+
+
+@pytest.mark.parametrize("timeout", ["0", "-1", "nan", "inf", "1e308"])
+def test_status_cli_refuses_a_timeout_a_socket_cannot_take(server, timeout):
+    """Each raised from socket.settimeout (a traceback), or for 0 reported a running node as down."""
+    result = CliRunner().invoke(main, ["status", "--url", server.url, "--timeout", timeout])
+    assert result.exit_code == 2 and "Invalid value for '--timeout'" in result.output, result.output
+
+
 def test_a_diverged_model_gives_null_not_nan(server):
     nan, inf = float("nan"), float("inf")
     server.state["document"] = {

@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import math
 import socket
+import threading
 import time
 from contextlib import AsyncExitStack, suppress
 from dataclasses import dataclass
@@ -927,3 +928,21 @@ def test_refusals_that_are_not_the_senders_fault_are_not_charged():
             assert (await next_event(a, Received)).message.text == "three"
 
     run(main)
+
+
+def test_a_closed_transport_leaves_no_thread_behind():
+    """py-libp2p's Pubsub starts a thread (its seen-messages cache's sweeper) and never stops it:
+    every transport opened and closed (a NodeThread started and stopped) left one more running."""
+
+    def sweepers():
+        return [t for t in threading.enumerate() if "_background_cleanup" in t.name]
+
+    before = len(sweepers())
+
+    async def main():
+        for _ in range(3):
+            async with node():
+                pass
+
+    run(main)
+    assert len(sweepers()) == before

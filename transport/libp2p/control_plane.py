@@ -111,6 +111,12 @@ class ControlPlane:
                     self._nursery = None
                     nursery.cancel_scope.cancel()
 
+    def close(self) -> None:
+        """Stop the thread py-libp2p's `Pubsub` starts on construction and never stops: its cache of
+        seen message IDs sweeps itself in a thread of its own, which would otherwise outlive the
+        transport (one more thread per transport an embedding application opens and closes)."""
+        self.pubsub.seen_messages.stop()
+
     def subscribers(self, topic: str) -> frozenset[PeerId]:
         """Peers known to be subscribed to `topic` (what a publish can reach right now)."""
         return frozenset(peer.to_base58() for peer in self.pubsub.peer_topics.get(topic, ()))

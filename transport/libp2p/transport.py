@@ -326,6 +326,7 @@ async def open_libp2p_transport(
             raise ListenFailed(unbound)
     finally:
         inbox.close()
+        control_plane.close()
 
 
 def _unbound(host: IHost, listen_addrs: Sequence[multiaddr.Multiaddr]) -> list[str]:
