@@ -42,6 +42,7 @@ class _Commands(click.Group):
 
 
 @click.group(cls=_Commands)
+@click.version_option(package_name="p2pfl-mesh", prog_name="p2pfl")
 @click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
 def main(verbose: int) -> None:
     """Peer-to-peer decentralized learning."""
@@ -140,6 +141,9 @@ def node_run(config_path: Path, fast_exit: bool) -> None:
             if not isinstance(leaf, (P2PFLError, KeyFileError, OSError)):
                 raise
             raise leaf from None
+    except ConfigError as exc:  # a setting only the machine can refuse (a device it lacks, a shard)
+        logging.getLogger("p2pfl.daemon").error("invalid configuration", extra={"error": str(exc)})
+        raise click.UsageError(str(exc)) from exc
     except (P2PFLError, KeyFileError) as exc:  # a bad checkpoint, a data dir in use, a bad key
         logging.getLogger("p2pfl.daemon").error("cannot start", extra={"error": str(exc)})
         raise click.ClickException(str(exc)) from exc

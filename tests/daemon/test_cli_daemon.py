@@ -7,6 +7,7 @@ import re
 import socket
 
 import pytest
+import torch
 from click.testing import CliRunner
 from daemon_helpers import node_settings
 
@@ -107,6 +108,22 @@ def test_node_run_reports_a_listen_address_in_use_in_one_line(write_toml, tmp_pa
     result = node_run(write_toml, tmp_path, listen=[f"/ip4/127.0.0.1/tcp/{taken_port}"])
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
     assert f"Error: cannot listen on /ip4/127.0.0.1/tcp/{taken_port} " in result.output
+
+
+def test_node_run_refuses_a_setting_this_machine_cannot_meet_as_a_usage_error(
+    write_toml, tmp_path, monkeypatch
+):
+    # Valid on paper, refused once the node looks at the machine: the same exit code as a bad file.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    result = node_run(write_toml, tmp_path, training={"device": "cuda"})
+    assert result.exit_code == 2 and isinstance(result.exception, SystemExit), result.output
+    assert "training.device" in result.output and "Traceback" not in result.output
+    assert 'msg="invalid configuration"' in result.output
+
+
+def test_version_names_the_distribution():
+    result = CliRunner().invoke(main, ["--version"])
+    assert result.exit_code == 0 and result.output.startswith("p2pfl, version "), result.output
 
 
 def test_node_run_reports_a_single_error_from_nested_nurseries_as_itself(write_toml, tmp_path, monkeypatch):
