@@ -85,9 +85,9 @@ def test_a_cuda_index_this_machine_lacks_is_a_config_error_naming_the_field(
         build_learner(node_config(tmp_path, training={"device": device}))
 
 
-def test_node_run_reports_an_unusable_shard_in_one_line(write_toml, tmp_path):
+def test_node_run_reports_an_unusable_shard_in_one_line_as_a_usage_error(write_toml, tmp_path):
     shard = {"index": 1999, "of": 2000}
     path = write_toml("node.toml", node_settings(tmp_path / "node", task={"shard": shard}))
     result = CliRunner().invoke(main, ["node", "run", "--config", str(path), "--no-fast-exit"])
-    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    assert result.exit_code == 2 and isinstance(result.exception, SystemExit), result.output
     assert "Error: task.shard: cannot split" in result.output
