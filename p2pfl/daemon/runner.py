@@ -144,6 +144,11 @@ class NodeHandle:
     def done(self) -> bool:
         return self._done.is_set()
 
+    def _wake_round_waiters(self) -> None:
+        """Wake every `wait_for_round` to look at the round (and whether the protocol is done) again."""
+        event, self._round_changed = self._round_changed, trio.Event()
+        event.set()
+
     async def wait_for_round(self, round: int) -> int:
         """Return the current round once it is >= `round`; `ProtocolEnded` if the protocol ran its
         last round short of it (rounds < `round`, or a MoDeST node left at rounds - 1)."""
@@ -229,8 +234,7 @@ class NodeHandle:
         await self.node.run()
         self.state = "done"
         self._done.set()
-        event, self._round_changed = self._round_changed, trio.Event()
-        event.set()  # wakes `wait_for_round` for a round that will not come
+        self._wake_round_waiters()  # for a round that will not come: `wait_for_round` raises
         log.info("protocol finished", extra={"round": self.round})
         # Still connected and serving status, but nobody reads the transport any more: drop what
         # arrives rather than let it fill the inbox (and refuse peers as busy).
@@ -294,8 +298,7 @@ class NodeHandle:
         if checkpoint.enabled and due:
             self._pending = self._snapshot(record.round)
             self._wake_writer.set()
-        event, self._round_changed = self._round_changed, trio.Event()
-        event.set()
+        self._wake_round_waiters()
         for listener in self._listeners:
             try:
                 listener(record)
