@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import sys
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -126,7 +124,7 @@ def node_run(config_path: Path, fast_exit: bool) -> None:
     import trio
 
     from p2pfl.daemon.logs import configure_logging
-    from p2pfl.daemon.runner import run_daemon
+    from p2pfl.daemon.runner import exit_now, run_daemon
     from p2pfl.errors import P2PFLError, sole_exception
     from transport.libp2p import KeyFileError
 
@@ -151,13 +149,9 @@ def node_run(config_path: Path, fast_exit: bool) -> None:
         logging.getLogger("p2pfl.daemon").error("cannot run", extra={"error": str(exc)})
         raise click.ClickException(str(exc)) from exc
     if fast_exit:
-        # Everything is stopped, checkpointed (fsynced) and closed. Interpreter teardown with torch
-        # loaded still takes 1-3 s of C-level cleanup on a busy machine, which would push the
-        # SIGTERM-to-exit time past what supervisors expect; nothing is left that needs it.
-        logging.shutdown()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
+        # Everything is stopped, checkpointed (fsynced) and closed. Interpreter teardown would push
+        # the SIGTERM-to-exit time past what supervisors expect; nothing is left that needs it.
+        exit_now(0)
 
 
 @main.command()
