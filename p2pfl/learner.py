@@ -44,6 +44,52 @@ class LocalLearner(Protocol):
     def evaluate(self) -> Evaluation: ...
 
 
+def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, *, reduction: str = "mean") -> torch.Tensor:
+    """`torch.nn.functional.cross_entropy`, computed with the classes first for many rows of logits.
+
+    Same value, faster: torch's CPU softmax over a short last dimension costs about 0.15 us per row
+    (10 classes, AVX-512); with the rows last it vectorises across them. For 1,024 rows forward and
+    backward took 276 us that way and 95 us this way; below about 128 rows the transposes cost more
+    than they save. Evaluation runs on every node after every round in most emulations.
+    """
+    if logits.dim() != 2 or len(logits) < 128:
+        return torch.nn.functional.cross_entropy(logits, targets, reduction=reduction)
+    loss = torch.nn.functional.cross_entropy(
+        logits.t().unsqueeze(0), targets.unsqueeze(0), reduction=reduction
+    )
+    return loss.squeeze(0) if reduction == "none" else loss
+
+
+class ShuffledIndices:
+    """Batches of the indices of `size` samples from a seeded shuffle that carries on across calls
+    and epochs: a fresh permutation per epoch, sliced in order (the last batch may be short).
+
+    `ShuffledBatches` slices a `TensorDataset` with them. The emulator's learner pool draws them
+    with an `offset`, as positions among many learners' samples stored together: the same seed
+    gives a pooled learner the batches a `Learner` would see.
+    """
+
+    __slots__ = ("_generator", "_order", "_start", "batch_size", "offset", "size")
+
+    def __init__(self, size: int, batch_size: int, *, seed: int, offset: int = 0) -> None:
+        if size < 1 or batch_size < 1:
+            raise ValueError(f"size and batch_size must be >= 1, got {size} and {batch_size}")
+        self.size, self.batch_size, self.offset = size, batch_size, offset
+        self._generator = torch.Generator().manual_seed(seed)
+        self._order = torch.empty(0, dtype=torch.long)
+        self._start = size  # the first batch draws the first permutation
+
+    def next(self) -> torch.Tensor:
+        start = self._start
+        if start >= self.size:
+            self._order = torch.randperm(self.size, generator=self._generator)
+            if self.offset:
+                self._order += self.offset
+            start = 0
+        self._start = start + self.batch_size
+        return self._order[start : self._start]
+
+
 class ShuffledBatches:
     """Batches of a data set from a seeded shuffle that carries on across calls and epochs.
 
@@ -55,10 +101,16 @@ class ShuffledBatches:
         self.data = data
         self.batch_size = batch_size
         self.device = device
+        self._indices = (
+            ShuffledIndices(len(data), batch_size, seed=seed) if isinstance(data, TensorDataset) else None
+        )
         self._generator = torch.Generator().manual_seed(seed)
         self._batches: Iterator = iter(())
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._indices is not None:
+            index = self._indices.next().to(self.device)
+            return tuple(t[index] for t in self.data.tensors)
         batch = next(self._batches, None)
         if batch is None:
             self._batches = _batches(self.data, self.batch_size, self.device, generator=self._generator)
@@ -95,7 +147,7 @@ class Learner:
         self.model = model.to(self.device)
         self.batch_size = batch_size
         self.optimizer = (optimizer or (lambda params: torch.optim.SGD(params, lr=lr)))(model.parameters())
-        self.loss_fn = loss_fn or torch.nn.functional.cross_entropy
+        self.loss_fn = loss_fn or cross_entropy
         self.num_samples = len(train_data)
         self._train = ShuffledBatches(on_device(train_data, self.device), batch_size, self.device, seed=seed)
         self._test = on_device(test_data, self.device) if test_data is not None else None
@@ -210,16 +262,10 @@ def _batches(
     data: Dataset, batch_size: int, device: torch.device, *, generator: torch.Generator | None
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """(inputs, targets) batches on `device`; shuffled when a generator is given."""
-    if isinstance(data, TensorDataset):
-        n = len(data)
-        if generator is None:  # in order: slices are views, where an index would copy the data
-            for start in range(0, n, batch_size):
-                yield tuple(t[start : start + batch_size].to(device) for t in data.tensors)
-            return
-        order = torch.randperm(n, generator=generator)
-        for start in range(0, n, batch_size):
-            index = order[start : start + batch_size].to(device)
-            yield tuple(t[index] for t in data.tensors)
+    if isinstance(data, TensorDataset) and generator is None:
+        # In order: slices are views, where an index would copy the data (shuffled: ShuffledIndices).
+        for start in range(0, len(data), batch_size):
+            yield tuple(t[start : start + batch_size].to(device) for t in data.tensors)
         return
     loader = DataLoader(data, batch_size=batch_size, shuffle=generator is not None, generator=generator)
     for inputs, targets in loader:

@@ -23,9 +23,9 @@ from collections.abc import Callable
 import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, TensorDataset
 
-from p2pfl.learner import Evaluation, ShuffledBatches, evaluate_on, on_device
+from p2pfl.learner import Evaluation, ShuffledIndices, cross_entropy, evaluate_on, on_device
 from p2pfl.model_state import Layout, ModelState
 
 __all__ = ["LearnerPool", "PooledLearner", "poolable"]
@@ -53,7 +53,7 @@ class LearnerPool:
         lr: float,
         batch_size: int,
         test_data: Dataset | None = None,
-        loss_fn: LossFn = nn.functional.cross_entropy,
+        loss_fn: LossFn = cross_entropy,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -72,6 +72,7 @@ class LearnerPool:
         self._rows = torch.empty(0, self.layout.numel)
         self._used = 0
         self._pending: dict[PooledLearner, int] = {}  # learner -> steps still to run, in schedule order
+        self._samples = _Samples()
         self._gradients = vmap(grad(self._loss))
 
     def learner(self, *, data: Callable[[], Dataset], init_seed: int, seed: int) -> PooledLearner:
@@ -133,22 +134,68 @@ class LearnerPool:
 
     @torch.no_grad()
     def _step(self, learners: list[PooledLearner]) -> None:
-        """One SGD step for each of `learners`, batched over those whose batches have one shape."""
-        groups: dict[torch.Size, tuple[list[int], list[torch.Tensor], list[torch.Tensor]]] = {}
+        """One SGD step for each of `learners`, batched over those whose batches have one size."""
+        groups: dict[int, tuple[list[int], list[torch.Tensor]]] = {}
         for learner in learners:
-            inputs, targets = learner._batches.next()
-            rows, xs, ys = groups.setdefault(inputs.shape, ([], [], []))
+            positions = learner._indices.next()
+            rows, batches = groups.setdefault(len(positions), ([], []))
             rows.append(learner._index)
-            xs.append(inputs)
-            ys.append(targets)
-        for rows, xs, ys in groups.values():
+            batches.append(positions)
+        for rows, batches in groups.values():
             index = torch.tensor(rows)
+            inputs, targets = self._samples.gather(torch.cat(batches), len(rows))
             with torch.enable_grad():
-                gradients = self._gradients(
-                    self._params(self._rows.index_select(0, index)), torch.stack(xs), torch.stack(ys)
-                )
+                gradients = self._gradients(self._params(self._rows.index_select(0, index)), inputs, targets)
             flat = torch.cat([gradients[spec.name].reshape(len(rows), -1) for spec in self.layout.specs], 1)
             self._rows.index_add_(0, index, flat, alpha=-self.lr)
+
+
+class _Samples:
+    """Every pooled learner's training samples, appended to one inputs and one targets tensor.
+
+    A batched step then gathers the batches of all its learners with one index per tensor, where
+    slicing each learner's own data cost two small tensor operations per learner and step.
+    """
+
+    def __init__(self) -> None:
+        self._inputs: torch.Tensor | None = None
+        self._targets = torch.empty(0, dtype=torch.long)
+        self._used = 0
+
+    def add(self, data: Dataset) -> int:
+        """Append `data` (a `TensorDataset` of inputs and targets); return where it starts."""
+        if not (isinstance(data, TensorDataset) and len(data.tensors) == 2):
+            raise TypeError("a pooled learner's data must be a TensorDataset of (inputs, targets)")
+        inputs, targets = data.tensors
+        if self._inputs is None:
+            self._inputs = torch.empty(0, *inputs.shape[1:], dtype=inputs.dtype)
+            self._targets = torch.empty(0, *targets.shape[1:], dtype=targets.dtype)
+        stored = (self._inputs, self._targets)
+        if any(
+            t.shape[1:] != s.shape[1:] or t.dtype != s.dtype
+            for t, s in zip((inputs, targets), stored, strict=True)
+        ):
+            raise ValueError("every pooled learner's samples need one shape and dtype")
+        start, end = self._used, self._used + len(inputs)
+        if end > len(self._inputs):
+            size = max(1024, end, 2 * len(self._inputs))
+            self._inputs, self._targets = (_grown(t, size, start) for t in stored)
+        self._inputs[start:end] = inputs
+        self._targets[start:end] = targets
+        self._used = end
+        return start
+
+    def gather(self, positions: torch.Tensor, learners: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The samples at `positions`, as (learners, batch, ...) inputs and targets."""
+        assert self._inputs is not None, "gather before any add"
+        inputs, targets = self._inputs[positions], self._targets[positions]
+        return inputs.view(learners, -1, *inputs.shape[1:]), targets.view(learners, -1, *targets.shape[1:])
+
+
+def _grown(tensor: torch.Tensor, size: int, used: int) -> torch.Tensor:
+    grown = torch.empty(size, *tensor.shape[1:], dtype=tensor.dtype)
+    grown[:used] = tensor[:used]
+    return grown
 
 
 class PooledLearner:
@@ -163,7 +210,7 @@ class PooledLearner:
         self._init_seed = init_seed
         self._seed = seed
         self._index: int | None = None  # the row, once the learner has parameters of its own
-        self._train: ShuffledBatches | None = None
+        self._train: ShuffledIndices | None = None
 
     @property
     def batch_size(self) -> int:
@@ -171,20 +218,21 @@ class PooledLearner:
 
     @property
     def num_samples(self) -> int:
-        return len(self._batches.data)
+        return self._indices.size
 
     @property
     def has_test_data(self) -> bool:
         return self._pool.test_data is not None
 
     @property
-    def _batches(self) -> ShuffledBatches:
+    def _indices(self) -> ShuffledIndices:
         if self._train is None:
             pool = self._pool
-            data = on_device(self._data(), pool.device)
+            data = self._data()
             if len(data) == 0:
                 raise ValueError("train_data is empty")
-            self._train = ShuffledBatches(data, pool.batch_size, pool.device, seed=self._seed)
+            offset = pool._samples.add(data)
+            self._train = ShuffledIndices(len(data), pool.batch_size, seed=self._seed, offset=offset)
         return self._train
 
     def train(self, *, steps: int) -> None:

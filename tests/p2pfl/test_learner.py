@@ -4,7 +4,7 @@ from torch.utils.data import Dataset
 
 from p2pfl.datasets import load_digits
 from p2pfl.device import choose_device
-from p2pfl.learner import Learner
+from p2pfl.learner import Learner, ShuffledIndices, cross_entropy
 from p2pfl.models import mlp
 
 
@@ -84,3 +84,36 @@ def test_asking_for_cuda_without_it_is_an_error(monkeypatch):
     assert choose_device() == torch.device("cpu")
     with pytest.raises(RuntimeError, match="CUDA is not available"):
         choose_device("cuda")
+
+
+@pytest.mark.parametrize("rows", [5, 127, 128, 1000])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_cross_entropy_matches_torch_with_its_gradient(rows, reduction):
+    generator = torch.Generator().manual_seed(rows)
+    logits = (10 * torch.randn(rows, 10, generator=generator)).requires_grad_()
+    targets = torch.randint(0, 10, (rows,), generator=generator)
+    ours = cross_entropy(logits, targets, reduction=reduction)
+    (gradient,) = torch.autograd.grad(ours.sum(), logits)
+    expected = torch.nn.functional.cross_entropy(logits, targets, reduction=reduction)
+    (expected_gradient,) = torch.autograd.grad(expected.sum(), logits)
+    assert ours.shape == expected.shape
+    torch.testing.assert_close(ours, expected)
+    torch.testing.assert_close(gradient, expected_gradient)
+
+
+def test_cross_entropy_passes_other_shapes_to_torch():
+    logits, targets = torch.randn(2, 10, 3), torch.randint(0, 10, (2, 3))
+    assert torch.equal(cross_entropy(logits, targets), torch.nn.functional.cross_entropy(logits, targets))
+
+
+def test_shuffled_indices_cover_every_sample_once_per_epoch_and_offset_shifts_them():
+    plain, offset = ShuffledIndices(10, 4, seed=3), ShuffledIndices(10, 4, seed=3, offset=100)
+    batches = [plain.next() for _ in range(6)]  # two epochs of 4 + 4 + 2
+    assert [len(b) for b in batches] == [4, 4, 2, 4, 4, 2]
+    for epoch in (batches[:3], batches[3:]):
+        assert sorted(torch.cat(epoch).tolist()) == list(range(10))
+    assert not torch.equal(torch.cat(batches[:3]), torch.cat(batches[3:]))  # a fresh shuffle
+    again = [offset.next() for _ in range(6)]
+    assert all(torch.equal(a, b + 100) for a, b in zip(again, batches, strict=True))
+    with pytest.raises(ValueError, match="size and batch_size"):
+        ShuffledIndices(0, 4, seed=0)
