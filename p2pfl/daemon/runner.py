@@ -50,7 +50,7 @@ from p2pfl.daemon.status import StatusServer, StatusUnavailable
 from p2pfl.daemon.task import build_learner
 from p2pfl.errors import IncompatibleModel, P2PFLError
 from p2pfl.learner import Learner
-from p2pfl.node import Node, RoundRecord
+from p2pfl.node import Node, RoundRecord, round_due
 from transport.libp2p import Libp2pTransport, open_libp2p_transport
 
 __all__ = [
@@ -291,11 +291,7 @@ class NodeHandle:
         )
         checkpoint = self.config.checkpoint
         previous, self._last_finished = self._last_finished, record.round
-        # Every `every`-th round, or a round that skipped past one (a node that overruns its period
-        # skips rounds: with `every` = 3, rounds 1, 4, 7... would otherwise never be checkpointed).
-        every = checkpoint.every
-        due = record.round % every == 0 or record.round // every > previous // every
-        if checkpoint.enabled and due:
+        if checkpoint.enabled and round_due(record.round, previous, checkpoint.every):
             self._pending = self._snapshot(record.round)
             self._wake_writer.set()
         self._wake_round_waiters()
