@@ -320,6 +320,12 @@ class NodeHandle:
             info=info,
         )
 
+    def _stop_checkpoint_due(self) -> bool:
+        """Whether stopping must write a checkpoint: not once the protocol has ended with its last
+        round's checkpoint written, since nothing changes the model after the last round (a stop
+        after `exit_when_done` or `wait_done` wrote that model a second time)."""
+        return not (self.done and self.checkpoint_round == self.round)
+
     async def _write_checkpoints(self) -> None:
         """Write queued checkpoints in a worker thread; only the newest queued one is written."""
         while True:
@@ -544,7 +550,7 @@ async def _open_node_transport(
                     nursery.cancel_scope.cancel()
         finally:
             with trio.CancelScope(shield=True):
-                if config.checkpoint.enabled:
+                if config.checkpoint.enabled and handle._stop_checkpoint_due():
                     await handle._save(handle._snapshot(handle.round))
                 if server is not None:
                     await trio.to_thread.run_sync(server.stop)
