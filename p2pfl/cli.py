@@ -160,7 +160,11 @@ def node_run(config_path: Path, fast_exit: bool) -> None:
     type=click.Path(file_okay=False, path_type=Path),
     help="The node's data dir: the URL is read from its status.json.",
 )
-@click.option("--url", help="The status endpoint, e.g. http://127.0.0.1:9464.")
+@click.option(
+    "--url",
+    help="The status server's base URL, e.g. http://127.0.0.1:9464; one that ends in /status or"
+    " /metrics (as scraped by Prometheus) means that server's /status.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the raw status document.")
 @click.option(
     "--timeout",
@@ -178,7 +182,7 @@ def status(data_dir: Path | None, url: str | None, as_json: bool, timeout: float
     elif not _is_http_url(url):
         raise click.BadParameter(f"{url!r} is not an http:// URL", param_hint="'--url'")
     assert url is not None
-    endpoint = url.rstrip("/") + ("" if url.rstrip("/").endswith("/status") else "/status")
+    endpoint = _status_endpoint(url)
     try:
         with urllib.request.urlopen(endpoint, timeout=timeout) as response:
             document = json.loads(response.read())
@@ -235,6 +239,18 @@ def _status_url(data_dir: Path) -> str:
     if not _is_http_url(url):
         raise click.ClickException(f"{path} is not a daemon's status file: url {url!r} is not an http:// URL")
     return str(url)
+
+
+def _status_endpoint(url: str) -> str:
+    """The /status URL of the status server at `url`, its base URL. A URL that names one of the
+    server's endpoints already is taken to mean that server: users paste the /metrics URL their
+    Prometheus scrapes, and asking for .../metrics/status got a 404."""
+    parts = urllib.parse.urlsplit(url)
+    path = parts.path.rstrip("/")
+    base, _, last = path.rpartition("/")
+    if last in ("status", "metrics"):
+        path = base
+    return urllib.parse.urlunsplit(parts._replace(path=f"{path}/status"))
 
 
 def _is_http_url(url: object) -> bool:

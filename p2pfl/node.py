@@ -60,7 +60,8 @@ class Node:
     """A learning peer.
 
     `local_steps` is how many SGD steps each round trains (None: one epoch of local data);
-    `evaluate_every` sets how often (in rounds) the model is tested, 0 for never.
+    `evaluate_every` sets how often (in rounds) the model is tested, 0 for never; a round that
+    skipped past a multiple of it is tested too (`round_due`).
 
     `attack` turns the node Byzantine, for experiments: every model it sends is crafted by the
     attack from its own model and the models it last received (what a real attacker in its place
@@ -195,7 +196,9 @@ class _NodeLearning(Learning):
     async def finish_round(self, round: int) -> None:
         node = self._node
         accuracy = loss = None
-        if node.evaluate_every and round % node.evaluate_every == 0 and node.learner.has_test_data:
+        previous = node.history[-1].round if node.history else 0
+        every = node.evaluate_every
+        if every and round_due(round, previous, every) and node.learner.has_test_data:
             evaluation = node.learner.evaluate()
             accuracy, loss = evaluation.accuracy, evaluation.loss
         stats = node.transport.stats
@@ -205,6 +208,17 @@ class _NodeLearning(Learning):
         if node.observer is not None:
             node.observer.round_finished(node, record)
         await trio.lowlevel.checkpoint()
+
+
+def round_due(round: int, previous: int, every: int) -> bool:
+    """Whether a task done every `every` rounds (testing the model, a checkpoint) is due at `round`,
+    the round a node records after `previous`: a multiple of `every`, or a round that skipped past
+    one. Nodes skip rounds: one that overruns its period goes on with the round whose period holds
+    now (`gossip.rounds.RoundClock`), and a MoDeST node records only the rounds whose aggregate it
+    adopts. With `every` = 3 and rounds 1, 4, 7, 10, ... no round is a multiple, so the task would
+    never run.
+    """
+    return round % every == 0 or round // every > previous // every
 
 
 def _contribution(own: ModelState, sender: PeerId, payload: ModelPayload) -> Contribution:

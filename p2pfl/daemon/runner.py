@@ -50,7 +50,7 @@ from p2pfl.daemon.status import StatusServer, StatusUnavailable
 from p2pfl.daemon.task import build_learner
 from p2pfl.errors import IncompatibleModel, P2PFLError
 from p2pfl.learner import Learner
-from p2pfl.node import Node, RoundRecord
+from p2pfl.node import Node, RoundRecord, round_due
 from transport.libp2p import Libp2pTransport, open_libp2p_transport
 
 __all__ = [
@@ -291,11 +291,7 @@ class NodeHandle:
         )
         checkpoint = self.config.checkpoint
         previous, self._last_finished = self._last_finished, record.round
-        # Every `every`-th round, or a round that skipped past one (a node that overruns its period
-        # skips rounds: with `every` = 3, rounds 1, 4, 7... would otherwise never be checkpointed).
-        every = checkpoint.every
-        due = record.round % every == 0 or record.round // every > previous // every
-        if checkpoint.enabled and due:
+        if checkpoint.enabled and round_due(record.round, previous, checkpoint.every):
             self._pending = self._snapshot(record.round)
             self._wake_writer.set()
         self._wake_round_waiters()
@@ -323,6 +319,12 @@ class NodeHandle:
             protocol_state={"round": round},
             info=info,
         )
+
+    def _stop_checkpoint_due(self) -> bool:
+        """Whether stopping must write a checkpoint: not once the protocol has ended with its last
+        round's checkpoint written, since nothing changes the model after the last round (a stop
+        after `exit_when_done` or `wait_done` wrote that model a second time)."""
+        return not (self.done and self.checkpoint_round == self.round)
 
     async def _write_checkpoints(self) -> None:
         """Write queued checkpoints in a worker thread; only the newest queued one is written."""
@@ -548,7 +550,7 @@ async def _open_node_transport(
                     nursery.cancel_scope.cancel()
         finally:
             with trio.CancelScope(shield=True):
-                if config.checkpoint.enabled:
+                if config.checkpoint.enabled and handle._stop_checkpoint_due():
                     await handle._save(handle._snapshot(handle.round))
                 if server is not None:
                     await trio.to_thread.run_sync(server.stop)

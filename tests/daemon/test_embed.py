@@ -15,8 +15,8 @@ import pytest
 import trio
 from daemon_helpers import node_config
 
-from p2pfl.daemon import embed
-from p2pfl.daemon.checkpoint import CHECKPOINT_FILE, CheckpointError, load_checkpoint
+from p2pfl.daemon import embed, runner
+from p2pfl.daemon.checkpoint import CHECKPOINT_FILE, CheckpointError, load_checkpoint, save_checkpoint
 from p2pfl.daemon.embed import NodeThread, open_node
 from p2pfl.daemon.runner import STATUS_FILE, DataDirInUse, ProtocolEnded
 from p2pfl.daemon.task import build_learner
@@ -94,6 +94,42 @@ def test_open_node_serves_status_and_cleans_up(tmp_path):
     handle = trio.run(main)
     assert handle.round == 3
     assert not (tmp_path / STATUS_FILE).exists()
+    checkpoint = load_checkpoint(tmp_path / CHECKPOINT_FILE)
+    assert checkpoint.round == 3 and handle.checkpoint_writes == 3  # the last round's once, not again
+    final = handle.learner.state().to_numpy()
+    assert all((checkpoint.tensors[name] == array).all() for name, array in final.items())
+
+
+@pytest.mark.parametrize("ended", [True, False])
+def test_a_stop_with_the_last_round_not_checkpointed_writes_the_final_checkpoint(tmp_path, ended):
+    """With `every` past the last round no round is checkpointed: the stop writes the model, whether
+    the protocol has ended (2 rounds) or still runs (stopped at round 2 of 10)."""
+    config = node_config(tmp_path, rounds=2 if ended else 10, period=0.2, checkpoint={"every": 100})
+
+    async def main():
+        with trio.fail_after(60):
+            async with open_node(config) as handle:
+                await handle.wait_for_round(2)
+                if ended:
+                    await handle.wait_done()
+        return handle
+
+    handle = trio.run(main)
+    assert handle.done is ended and handle.checkpoint_writes == 1
+    assert load_checkpoint(tmp_path / CHECKPOINT_FILE).round == handle.round >= 2
+
+
+def test_exit_when_done_writes_the_last_rounds_checkpoint_once(tmp_path, monkeypatch):
+    """The daemon wrote the last round's checkpoint as a round's, then the same model again at exit."""
+    written = []
+
+    def save(path, checkpoint):
+        written.append(checkpoint.round)
+        save_checkpoint(path, checkpoint)
+
+    monkeypatch.setattr(runner, "save_checkpoint", save)
+    trio.run(runner.run_daemon, node_config(tmp_path, rounds=3, period=0.2, exit_when_done=True))
+    assert written == [1, 2, 3]
     assert load_checkpoint(tmp_path / CHECKPOINT_FILE).round == 3
 
 

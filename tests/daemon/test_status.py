@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import socket
 import urllib.error
 import urllib.request
@@ -142,6 +143,22 @@ def test_status_cli_prints_a_summary_with_every_peer(server):
     assert all(f"  {peer}" in result.output for peer in PEERS)
     assert "banned (1)\n  12D3KooWRogue  (242 s left)" in result.output
     assert "checkpoint round 12  (8 written, 0 failed, 2 skipped as diverged)" in result.output
+
+
+@pytest.mark.parametrize("suffix", ["", "/", "/status", "/status/", "/metrics", "/metrics/", "/metrics?x=1"])
+def test_status_cli_url_is_the_servers_base_url_or_one_of_its_endpoints(server, suffix, caplog):
+    """`--url .../metrics`, the URL Prometheus scrapes, asked for .../metrics/status: a 404."""
+    with caplog.at_level(logging.DEBUG, logger="p2pfl.daemon.status"):
+        result = CliRunner().invoke(main, ["status", "--url", server.url + suffix])
+    assert result.exit_code == 0 and "round 12 of 100" in result.output, result.output
+    (request,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("status request")]
+    assert '"GET /status' in request
+
+
+def test_status_cli_url_may_have_a_path_before_the_endpoint(server):
+    """A status server behind a proxy's path prefix: its /status is under that prefix."""
+    result = CliRunner().invoke(main, ["status", "--url", server.url + "/node-a/metrics"])
+    assert result.exit_code == 1 and f"{server.url}/node-a/status answered 404" in result.output
 
 
 def test_status_cli_json_prints_the_document(server, tmp_path):

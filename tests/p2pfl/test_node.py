@@ -105,3 +105,33 @@ def test_a_payload_reaching_several_nodes_is_converted_once_and_checked_against_
     assert torch.equal(first.flat, own.flat)
     with pytest.raises(IncompatibleModel):
         _state_of(other, payload)  # another layout is checked afresh, and refused
+
+
+def evaluated_rounds(seconds_per_step: float) -> list[tuple[int, bool]]:
+    """(round, evaluated) of a lone node running 10 one-second rounds with `evaluate_every` = 3."""
+
+    async def main():
+        async with open_memory_network() as net:
+            train, test = load_digits(seed=0)
+            node = Node(
+                net.add_peer("node"),
+                Learner(mlp((64, 8, 10), seed=0), train, test, seed=0),
+                protocol=GossipLearning(rounds=10, period=1.0),
+                local_steps=2,
+                evaluate_every=3,
+                compute=VirtualCompute(seconds_per_step),
+            )
+            await node.run()
+        return node
+
+    node = trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    return [(r.round, r.accuracy is not None) for r in node.history]
+
+
+def test_a_node_that_skips_rounds_still_evaluates_when_it_skips_past_a_multiple():
+    """A node whose rounds take 3 periods runs rounds 1, 4, 7, 10 (gossip.rounds.RoundClock): none
+    is a multiple of 3, so it never evaluated, and its status accuracy stayed None."""
+    assert evaluated_rounds(1.5) == [(1, False), (4, True), (7, True), (10, True)]
+    on_time = evaluated_rounds(0.01)
+    assert [r for r, evaluated in on_time if evaluated] == [3, 6, 9]  # as before: every 3rd round
+    assert [r for r, _ in on_time] == list(range(1, 11))

@@ -21,7 +21,8 @@ def test_the_scale_scenarios_run_shrunk_and_report_their_speed(name):
     (variant,) = load_scenario(SCENARIOS / f"{name}.toml").variants
     result = run_emulation(replace(variant.config, nodes=64, rounds=4, evaluate_every=2))
     assert not result.stalled
-    assert [r.round for r in result.rounds] == [2, 4]
+    # A MoDeST node records only the rounds it adopts: one whose first is round 3 skipped past 2.
+    assert [r.round for r in result.rounds] == ([2, 3, 4] if variant.config.protocol == "modest" else [2, 4])
     assert result.node_rounds >= 4 * (10 if variant.config.protocol == "modest" else 64)
     assert result.node_rounds_per_s > 0 and result.rounds_per_minute > 0 and result.peak_rss_mib > 0
     assert result.final_mean_accuracy > 0.1  # ten classes: better than chance after four rounds
