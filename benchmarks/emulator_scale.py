@@ -14,11 +14,16 @@ Three kinds of case, each run in its own subprocess so that its peak RSS is its 
 
 Times: ``wall`` is the whole case (task, graph, nodes, run); ``build`` is the emulator's node
 construction (learners, models, protocol objects) inside it, measured by wrapping `_Emulation._build`;
-``run`` is wall minus graph and build. node-rounds/s is nodes x rounds / run seconds (for MoDeST,
-where only the s sampled nodes work a round, also rounds per minute). The ratio column compares
-with the baseline's node-rounds/s measured in the same invocation, so machine load mostly cancels.
+``run`` is wall minus graph and build, and ``cpu`` the process's CPU time in that part (below
+``run`` when the machine is busy: a fairer comparison between runs on a shared machine).
+node-rounds/s is nodes x rounds / run seconds (for MoDeST, where only the s sampled nodes work a
+round, also rounds per minute). The ratio column compares with the baseline's node-rounds/s
+measured just before, so machine load mostly cancels. ``--repeats N`` runs all cases N times in
+turn and ends with the medians.
 
     PYTHONPATH=. python benchmarks/emulator_scale.py --quick
+    PYTHONPATH=. python benchmarks/emulator_scale.py --baseline-nodes 10000 --baseline-rounds 20 \
+        --dpsgd-nodes 10000 --dpsgd-rounds 20 --modest-nodes --repeats 3
     PYTHONPATH=. python benchmarks/emulator_scale.py --dpsgd-nodes 1000 10000 --modest-nodes 1000 10000 100000
 """
 
@@ -92,10 +97,15 @@ def case_baseline(nodes: int, rounds: int, seed: int) -> dict:
                 outboxes = [channels[j][0] for j in neighbours[i]]
                 nursery.start_soon(node, i, channels[i][1], outboxes)
 
-    run_started = time.perf_counter()
+    run_started, cpu_started = time.perf_counter(), time.process_time()
     trio.run(main)
-    run_s = time.perf_counter() - run_started
-    return {"build_s": build_s, "run_s": run_s, "wall_s": time.perf_counter() - started}
+    run_s, run_cpu_s = time.perf_counter() - run_started, time.process_time() - cpu_started
+    return {
+        "build_s": build_s,
+        "run_s": run_s,
+        "run_cpu_s": run_cpu_s,
+        "wall_s": time.perf_counter() - started,
+    }
 
 
 def _emulate(config_kwargs: dict) -> dict:
@@ -107,9 +117,10 @@ def _emulate(config_kwargs: dict) -> dict:
     original_build = emulator._Emulation._build
 
     def timed_build(self, network):
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         original_build(self, network)
         timings["build_s"] = time.perf_counter() - t0
+        timings["build_cpu_s"] = time.process_time() - cpu0
 
     emulator._Emulation._build = timed_build
     started = time.perf_counter()
@@ -117,13 +128,16 @@ def _emulate(config_kwargs: dict) -> dict:
     task = make_task(config)
     graph = emulator._graph(config, 0)
     graph_s = time.perf_counter() - started
+    cpu_started = time.process_time()
     result = run_emulation(config, task=task, graph=graph)
     wall_s = time.perf_counter() - started
+    run_cpu_s = time.process_time() - cpu_started - timings.get("build_cpu_s", 0.0)
     last = result.rounds[-1] if result.rounds else None
     return {
         "graph_s": graph_s,
         "build_s": timings.get("build_s", 0.0),
         "run_s": wall_s - graph_s - timings.get("build_s", 0.0),
+        "run_cpu_s": run_cpu_s,
         "wall_s": wall_s,
         "stalled": result.stalled,
         "summary_rows": len(result.rounds),
@@ -193,25 +207,43 @@ def _child(spec: dict, profile: str | None) -> None:
     print(json.dumps(result))
 
 
-def _table(results: list[dict], baseline_rate: float | None) -> str:
+def _rate(r: dict) -> float:
+    return r["nodes"] * r["rounds"] / r["run_s"]
+
+
+def _table(results: list[dict], *, header: bool = True) -> str:
     head = (
-        f"{'case':<9}{'nodes':>8}{'rounds':>7}{'wall s':>9}{'build s':>9}{'run s':>9}"
+        f"{'case':<9}{'nodes':>8}{'rounds':>7}{'wall s':>9}{'build s':>9}{'run s':>9}{'cpu s':>9}"
         f"{'RSS MiB':>9}{'node-rnd/s':>12}{'x base':>8}{'rnd/min':>9}"
     )
-    lines = [head, "-" * len(head)]
+    lines = [head, "-" * len(head)] if header else []
     for r in results:
         if "error" in r:
             lines.append(f"{r['kind']:<9}{r['nodes']:>8}{r['rounds']:>7}  failed (exit {r['error']})")
             continue
-        rate = r["nodes"] * r["rounds"] / r["run_s"]
-        ratio = f"{rate / baseline_rate:8.3f}" if baseline_rate and r["kind"] == "dpsgd" else f"{'':>8}"
+        ratio = f"{r['x_base']:8.3f}" if r.get("x_base") else f"{'':>8}"
         per_min = f"{60 * r['rounds'] / r['wall_s']:9.1f}" if r["kind"] == "modest" else f"{'':>9}"
         note = "" if not r.get("stalled") else "  STALLED"
         lines.append(
             f"{r['kind']:<9}{r['nodes']:>8}{r['rounds']:>7}{r['wall_s']:9.1f}{r['build_s']:9.1f}"
-            f"{r['run_s']:9.1f}{r['peak_rss_mib']:9.0f}{rate:12.0f}{ratio}{per_min}{note}"
+            f"{r['run_s']:9.1f}{r['run_cpu_s']:9.1f}{r['peak_rss_mib']:9.0f}{_rate(r):12.0f}{ratio}{per_min}{note}"
         )
     return "\n".join(lines)
+
+
+def _medians(results: list[dict]) -> list[dict]:
+    """Per case, the run with the median run time, its ratio replaced by the median ratio."""
+    cases: dict[tuple[str, int], list[dict]] = {}
+    for r in results:
+        if "error" not in r:
+            cases.setdefault((r["kind"], r["nodes"]), []).append(r)
+    medians = []
+    for runs in cases.values():
+        middle = dict(sorted(runs, key=lambda r: r["run_s"])[(len(runs) - 1) // 2])
+        ratios = sorted(r["x_base"] for r in runs if r.get("x_base"))
+        middle["x_base"] = ratios[(len(ratios) - 1) // 2] if ratios else None
+        medians.append(middle)
+    return medians
 
 
 def main() -> None:
@@ -233,6 +265,9 @@ def main() -> None:
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="small sizes: 1,000-node cases, 3 rounds")
+    parser.add_argument(
+        "--repeats", type=int, default=1, help="run every case this many times, in turn, and report medians"
+    )
     parser.add_argument("--json", type=Path, help="also write the raw measurements here")
     parser.add_argument(
         "--profile", help="cProfile every case into this prefix (PREFIX-KIND-NODES.prof); slows runs"
@@ -242,6 +277,8 @@ def main() -> None:
     if args.case:
         _child(json.loads(args.case), args.profile)
         return
+    if args.repeats < 1:
+        parser.error("--repeats must be >= 1")
     if args.quick:
         args.baseline_nodes, args.baseline_rounds = 1000, 5
         args.dpsgd_nodes, args.dpsgd_rounds = [1000], 3
@@ -250,27 +287,27 @@ def main() -> None:
     def profile_path(kind: str, nodes: int) -> str | None:
         return f"{args.profile}-{kind}-{nodes}.prof" if args.profile else None
 
+    cases = [("baseline", args.baseline_nodes, args.baseline_rounds, {})] if args.baseline_nodes else []
+    cases += [("dpsgd", nodes, args.dpsgd_rounds, {}) for nodes in args.dpsgd_nodes]
+    extra = {"s": args.modest_s, "start_depth": args.modest_start_depth or None}
+    cases += [("modest", nodes, args.modest_rounds, extra) for nodes in args.modest_nodes]
     results = []
-    baseline_rate = None
-    if args.baseline_nodes:
-        r = _run_case("baseline", args.baseline_nodes, args.baseline_rounds, args.seed, {}, None)
-        results.append(r)
-        if "error" not in r:
-            baseline_rate = r["nodes"] * r["rounds"] / r["run_s"]
-        print(_table(results[-1:], baseline_rate), flush=True)
-    for nodes in args.dpsgd_nodes:
-        results.append(
-            _run_case("dpsgd", nodes, args.dpsgd_rounds, args.seed, {}, profile_path("dpsgd", nodes))
-        )
-        print(_table(results[-1:], baseline_rate).splitlines()[-1], flush=True)
-    for nodes in args.modest_nodes:
-        extra = {"s": args.modest_s, "start_depth": args.modest_start_depth or None}
-        results.append(
-            _run_case("modest", nodes, args.modest_rounds, args.seed, extra, profile_path("modest", nodes))
-        )
-        print(_table(results[-1:], baseline_rate).splitlines()[-1], flush=True)
+    print(_table([]), flush=True)
+    for _ in range(args.repeats):  # each repeat measures the baseline again: its ratios share the load
+        baseline_rate = None
+        for kind, nodes, rounds, case_extra in cases:
+            r = _run_case(kind, nodes, rounds, args.seed, case_extra, profile_path(kind, nodes))
+            if "error" not in r:
+                if kind == "baseline":
+                    baseline_rate = _rate(r)
+                elif kind == "dpsgd" and baseline_rate:
+                    r["x_base"] = _rate(r) / baseline_rate
+            results.append(r)
+            print(_table([r], header=False), flush=True)
     print()
-    print(_table(results, baseline_rate))
+    if args.repeats > 1:
+        print(f"medians of {args.repeats} runs (the run with the median run time; x base: median ratio)")
+    print(_table(_medians(results)))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 
