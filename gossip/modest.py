@@ -334,20 +334,28 @@ class _ModestNode:
     # --- membership adverts -------------------------------------------------------------------------
 
     async def _advertise(self, fanout: int, reply: bool) -> None:
-        """Send the own view (and so the own JOIN or LEAVE) to the first `fanout` reachable peers."""
+        """Send the own view (and so the own JOIN or LEAVE) to the first `fanout` reachable peers.
+
+        `fanout` senders go down the order at once, each until a peer takes the message, so a peer
+        that never reads holds up one of them, not the rest: a leave has `_LEAVE_DEADLINE` in all.
+        """
         everyone = self.view.active(self.adopted_round, self.adopted_round)
         peers = [peer for peer in everyone if peer != self.own]
         view, base = self._outgoing_view()
         update = MembershipUpdate(view, reply=reply, base=base)
-        told = 0
-        for peer in sample_order(peers, self.adopted_round):
-            if told >= fanout:
-                break
-            try:
-                await self.transport.send(peer, update)
-                told += 1
-            except PeerUnreachable as exc:
-                log.info("%s could not advertise to %s: %s", self.own, peer, exc)
+        candidates = iter(sample_order(peers, self.adopted_round))
+
+        async def tell_one() -> None:
+            for peer in candidates:
+                try:
+                    await self.transport.send(peer, update)
+                    return
+                except PeerUnreachable as exc:
+                    log.info("%s could not advertise to %s: %s", self.own, peer, exc)
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(fanout):
+                nursery.start_soon(tell_one)
 
     async def _leave(self) -> None:
         self.view.leave(self.own, self.adopted_round)

@@ -9,9 +9,10 @@ from scalar_learning import ScalarLearning
 from gossip.membership import MemberList, ViewEntry
 from gossip.modest import MembershipUpdate, Modest, ModestModel
 from gossip.modest_settings import ModestSettings
+from gossip.ping import Ping, Pong
 from gossip.sampling import sample_order
 from transport import codec
-from transport.base import Transport
+from transport.base import Received, Transport
 from transport.errors import PeerUnreachable
 from transport.memory import open_memory_network
 from transport.messages import ModelPayload
@@ -21,9 +22,8 @@ STALL = 10.0  # what a write to a peer that never reads takes to fail on the lib
 
 class SlowSends(Transport):
     """The memory transport with sends that take time, as libp2p's do (a send returns once the peer
-    has the message): `seconds` each, and a model to a `frozen` peer fails only after `STALL` s.
-
-    A frozen peer still answers pings (it froze after the sample picked it), but reads no model.
+    has the message): `seconds` each, and to a `frozen` peer, anything but a ping or its answer
+    fails only after `STALL` s: a peer that froze after a sample picked it.
     """
 
     def __init__(self, inner: Transport, *, seconds: float = 0.0, frozen: frozenset[str] = frozenset()):
@@ -38,7 +38,7 @@ class SlowSends(Transport):
         return self.inner.events
 
     async def send(self, peer, message) -> None:
-        if peer in self.frozen and isinstance(message, ModestModel):
+        if peer in self.frozen and not isinstance(message, Ping | Pong):
             await trio.sleep(STALL)
             raise PeerUnreachable(f"{peer}: write timed out after {STALL} s")
         await trio.sleep(self.seconds)
@@ -66,7 +66,7 @@ def run_modest(
     """Run MoDeST on `n` peers (plus `join`ers, started late) with scalar models that gain 1 per training.
 
     `crash` and `leave` map a peer to the virtual time it stops: crashed peers vanish silently,
-    leaving ones stop gracefully. Models sent to `frozen` peers stall (`SlowSends`). The run ends
+    leaving ones stop gracefully. What is sent to `frozen` peers stalls (`SlowSends`). The run ends
     when a node finished round `rounds` or at `until`. `learning(peer)` makes a peer's learning side.
     """
     founders = [f"p{i:02d}" for i in range(n)]
@@ -343,6 +343,36 @@ def test_a_trainer_gives_up_a_copy_stuck_on_a_frozen_aggregator_when_its_round_t
         learnings = run_modest(10, 2, settings, frozen=frozenset({frozen}), until=9.0)
     assert not finishers(learnings, 1)
     assert caplog.text.count("gave up sending round 1 model at its deadline") == 4 * len(trainers)
+
+
+def test_a_leave_reaches_the_peers_after_a_frozen_one_within_the_leave_deadline():
+    """The leave goes to the first `join_fanout` = 3 reachable peers of order(0) at once: the frozen
+    first one holds up its own send past the 1 s the leave has in all, not the next two."""
+    peers = [f"p{i:02d}" for i in range(6)]
+    frozen, *after = sample_order(peers[1:], 0)  # p00 leaves before it adopts any round
+    protocol = Modest(rounds=5, participants=tuple(peers), settings=ModestSettings(s=3))
+
+    async def main():
+        async with open_memory_network(latency=0.01, dial_any=True) as net:
+            leaver = SlowSends(net.add_peer("p00"), frozen=frozenset({frozen}))
+            told = {}
+
+            async def listen(transport):
+                async for event in transport.events:
+                    if isinstance(event, Received) and isinstance(event.message, MembershipUpdate):
+                        told[transport.peer_id] = trio.current_time()
+
+            async with trio.open_nursery() as nursery:
+                for peer in peers[1:]:
+                    nursery.start_soon(listen, net.add_peer(peer))
+                with trio.move_on_after(0.5):
+                    await protocol.run(leaver, ScalarLearning(0.0, peer_id="p00"))
+                await trio.sleep(STALL)
+                nursery.cancel_scope.cancel()
+        return told
+
+    told = trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert told == {after[0]: pytest.approx(0.51), after[1]: pytest.approx(0.51)}
 
 
 def test_views_travel_as_differences_and_a_node_with_another_member_list_gets_the_whole_view():
