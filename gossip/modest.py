@@ -18,6 +18,8 @@ joins advertises itself to a few peers and a node that stops gracefully advertis
 from __future__ import annotations
 
 import logging
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import islice
 
@@ -29,6 +31,7 @@ from gossip.membership import MemberList, View, ViewEntry
 from gossip.modest_settings import ModestSettings
 from gossip.ping import Ping, Pinger, Pong
 from gossip.protocol import RoundProtocol
+from gossip.rounds import send_to_each
 from gossip.sampling import active_order, sample_order, select_available
 from transport.base import PeerId, Received, Transport
 from transport.codec import message
@@ -250,16 +253,18 @@ class _ModestNode:
                         return
                 await self.learning.train()
                 trained = self.learning.export_model()
+            round_timeout = self.settings.round_timeout
             while True:
                 aggregators = await self._sample(round + 1, self.settings.a)
                 if any(self.pinger.reported.get(peer, 0) >= round for peer in aggregators):
                     return  # an aggregator has merged this round already: nothing to re-send
                 outgoing = ModestModel(round, False, trained, *self._outgoing_view())
-                for aggregator in aggregators:
-                    await self._send(aggregator, outgoing)
-                if self.settings.round_timeout is None:
+                # A copy still on its way when the round times out is superseded by the re-send.
+                resend_at = trio.current_time() + (math.inf if round_timeout is None else round_timeout)
+                await self._send_each(aggregators, outgoing, deadline=resend_at)
+                if round_timeout is None:
                     return
-                await timers.sleep(self.settings.round_timeout)
+                await timers.sleep_until(resend_at)
 
     # --- aggregator ---------------------------------------------------------------------------------
 
@@ -292,10 +297,10 @@ class _ModestNode:
             return
         sample = await self._sample(round + 1, self.settings.s)
         outgoing = ModestModel(round, True, merged, *self._outgoing_view())
-        # Self last: adopting the final round's aggregate ends this node's run, which must not cut
-        # off the copies still to be sent to the rest of the sample.
-        for peer in sorted(sample, key=lambda peer: peer == self.own):
-            await self._send(peer, outgoing)
+        # No deadline of the protocol's own: a copy is of use until a newer aggregate reaches its
+        # receiver, which no timer here bounds. The transport's deadlines end a send to a peer that
+        # stopped reading (libp2p: `io_timeout`), and with the sends at once it holds up no other.
+        await self._send_each(sample, outgoing, deadline=math.inf)
 
     # --- sampling and sending -----------------------------------------------------------------------
 
@@ -308,32 +313,49 @@ class _ModestNode:
             timeout=self.settings.ping_timeout,
         )
 
-    async def _send(self, peer: PeerId, msg: ModestModel) -> None:
-        if peer == self.own:
-            self._on_model(peer, msg)
-            return
-        try:
-            await self.transport.send(peer, msg)
-        except PeerUnreachable as exc:
-            log.info("%s could not send round %d to %s: %s", self.own, msg.round, peer, exc)
+    async def _send_each(self, peers: Sequence[PeerId], msg: ModestModel, *, deadline: float) -> None:
+        """Send `msg` to `peers` at once (`send_to_each`), in their order; the own copy is handled here.
+
+        The own copy goes first, so that a peer that never reads cannot hold up this node's own part
+        of the round (an aggregator of round r is in Sample(r+1) and trains it). It goes last when it
+        is the final aggregate: adopting that ends this node's run, which must not cut off the copies
+        still on their way to the rest of the sample.
+        """
+        own = self.own in peers
+        final = msg.aggregated and msg.round >= self.protocol.rounds
+        if own and not final:
+            self._on_model(self.own, msg)
+        what = f"round {msg.round} {'aggregate' if msg.aggregated else 'model'}"
+        others = [peer for peer in peers if peer != self.own]
+        await send_to_each(self.transport, others, msg, deadline=deadline, what=what)
+        if own and final:
+            self._on_model(self.own, msg)
 
     # --- membership adverts -------------------------------------------------------------------------
 
     async def _advertise(self, fanout: int, reply: bool) -> None:
-        """Send the own view (and so the own JOIN or LEAVE) to the first `fanout` reachable peers."""
+        """Send the own view (and so the own JOIN or LEAVE) to the first `fanout` reachable peers.
+
+        `fanout` senders go down the order at once, each until a peer takes the message, so a peer
+        that never reads holds up one of them, not the rest: a leave has `_LEAVE_DEADLINE` in all.
+        """
         everyone = self.view.active(self.adopted_round, self.adopted_round)
         peers = [peer for peer in everyone if peer != self.own]
         view, base = self._outgoing_view()
         update = MembershipUpdate(view, reply=reply, base=base)
-        told = 0
-        for peer in sample_order(peers, self.adopted_round):
-            if told >= fanout:
-                break
-            try:
-                await self.transport.send(peer, update)
-                told += 1
-            except PeerUnreachable as exc:
-                log.info("%s could not advertise to %s: %s", self.own, peer, exc)
+        candidates = iter(sample_order(peers, self.adopted_round))
+
+        async def tell_one() -> None:
+            for peer in candidates:
+                try:
+                    await self.transport.send(peer, update)
+                    return
+                except PeerUnreachable as exc:
+                    log.info("%s could not advertise to %s: %s", self.own, peer, exc)
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(fanout):
+                nursery.start_soon(tell_one)
 
     async def _leave(self) -> None:
         self.view.leave(self.own, self.adopted_round)

@@ -114,6 +114,8 @@ class ModestSettings:
       model to the aggregators available then, again every `round_timeout` until an aggregator
       reports the round done; None trusts the first aggregators. This is what lets a run survive
       an aggregator crashing with the round's models in hand, or a whole sample crashing at once.
+      A copy still on its way when it passes is given up for the re-send, so it must allow for
+      sending a model.
     - `start_depth`: how far into order(1) a node looks to see whether it trains round 1. Checking
       means pinging the first s candidates, so with None (every node checks: the protocol as
       specified) a start costs N x s pings, which dominates runs of 100,000 nodes. A node further

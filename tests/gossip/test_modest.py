@@ -1,3 +1,5 @@
+import logging
+
 import numpy as np
 import pytest
 import trio
@@ -7,10 +9,46 @@ from scalar_learning import ScalarLearning
 from gossip.membership import MemberList, ViewEntry
 from gossip.modest import MembershipUpdate, Modest, ModestModel
 from gossip.modest_settings import ModestSettings
+from gossip.ping import Ping, Pong
 from gossip.sampling import sample_order
 from transport import codec
+from transport.base import Received, Transport
+from transport.errors import PeerUnreachable
 from transport.memory import open_memory_network
 from transport.messages import ModelPayload
+
+STALL = 10.0  # what a write to a peer that never reads takes to fail on the libp2p transport
+
+
+class SlowSends(Transport):
+    """The memory transport with sends that take time, as libp2p's do (a send returns once the peer
+    has the message): `seconds` each, and to a `frozen` peer, anything but a ping or its answer
+    fails only after `STALL` s: a peer that froze after a sample picked it.
+    """
+
+    def __init__(self, inner: Transport, *, seconds: float = 0.0, frozen: frozenset[str] = frozenset()):
+        self.inner, self.seconds, self.frozen = inner, seconds, frozen
+        self.peer_id, self.stats = inner.peer_id, inner.stats
+
+    def peers(self):
+        return self.inner.peers()
+
+    @property
+    def events(self):
+        return self.inner.events
+
+    async def send(self, peer, message) -> None:
+        if peer in self.frozen and not isinstance(message, Ping | Pong):
+            await trio.sleep(STALL)
+            raise PeerUnreachable(f"{peer}: write timed out after {STALL} s")
+        await trio.sleep(self.seconds)
+        await self.inner.send(peer, message)
+
+    async def publish(self, topic, message) -> None:
+        await self.inner.publish(topic, message)
+
+    async def subscribe(self, topic) -> None:
+        await self.inner.subscribe(topic)
 
 
 def run_modest(
@@ -21,14 +59,15 @@ def run_modest(
     crash: dict[str, float] | None = None,
     leave: dict[str, float] | None = None,
     join: dict[str, float] | None = None,
+    frozen: frozenset[str] = frozenset(),
     until: float = 1_000.0,
     learning=lambda peer: ScalarLearning(0.0, peer_id=peer, step=1.0),
 ):
     """Run MoDeST on `n` peers (plus `join`ers, started late) with scalar models that gain 1 per training.
 
     `crash` and `leave` map a peer to the virtual time it stops: crashed peers vanish silently,
-    leaving ones stop gracefully. The run ends when a node finished round `rounds` or at `until`.
-    `learning(peer)` makes a peer's learning side.
+    leaving ones stop gracefully. What is sent to `frozen` peers stalls (`SlowSends`). The run ends
+    when a node finished round `rounds` or at `until`. `learning(peer)` makes a peer's learning side.
     """
     founders = [f"p{i:02d}" for i in range(n)]
     everyone = founders + sorted(join or {})
@@ -38,6 +77,8 @@ def run_modest(
     async def main():
         async with open_memory_network(latency=0.01, dial_any=True) as net:
             transports = {p: net.add_peer(p) for p in everyone}
+            if frozen:
+                transports = {p: SlowSends(t, frozen=frozen) for p, t in transports.items()}
             scopes = {p: trio.CancelScope() for p in everyone}
 
             async def node(peer, start):
@@ -242,28 +283,16 @@ def test_a_round_timeout_recovers_from_the_only_aggregator_crashing(round_timeou
 def test_every_node_of_the_last_sample_gets_the_final_aggregate(rounds):
     """The aggregator adopting the final aggregate ends its run: it must have sent the rest first.
 
-    Sends here take time before the message is on its way, as on a real network (a libp2p send
-    returns once the peer has the model), so cancelling a sender loses what it had not sent.
+    Sends here take time before the message is on its way, as on a real network, so cancelling a
+    sender loses what it had not sent.
     """
-
-    class SlowSends:
-        def __init__(self, inner):
-            self.inner = inner
-            self.peer_id, self.stats, self.events = inner.peer_id, inner.stats, inner.events
-
-        def peers(self):
-            return self.inner.peers()
-
-        async def send(self, peer, message):
-            await trio.sleep(0.05)
-            await self.inner.send(peer, message)
 
     async def main():
         peers = [f"p{i:02d}" for i in range(8)]
         learnings = {p: ScalarLearning(0.0, peer_id=p, step=1.0) for p in peers}
         protocol = Modest(rounds=rounds, participants=tuple(peers), settings=ModestSettings(s=3, a=1))
         async with open_memory_network(latency=0.01, dial_any=True) as net:
-            transports = {p: SlowSends(net.add_peer(p)) for p in peers}
+            transports = {p: SlowSends(net.add_peer(p), seconds=0.05) for p in peers}
             async with trio.open_nursery() as nursery:
                 for p in peers:
                     nursery.start_soon(protocol.run, transports[p], learnings[p])
@@ -273,6 +302,77 @@ def test_every_node_of_the_last_sample_gets_the_final_aggregate(rounds):
 
     learnings = trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
     assert len(finishers(learnings, rounds)) == 3
+
+
+@pytest.mark.parametrize(
+    ("a", "frozen_at"),
+    [
+        (1, 1),  # the aggregate: the frozen peer comes before the third of Sample(2) and the aggregator
+        (2, 0),  # the trained models: the frozen peer is the first aggregator, before the second
+    ],
+    ids=["aggregate", "trained-models"],
+)
+def test_a_frozen_peer_holds_up_no_other_peer_of_a_fan_out(a, frozen_at):
+    """A peer of Sample(2) that answered its ping but reads no model costs the others nothing: they
+    record round 1 at the very instants they do when nobody is frozen, not a send's stall later."""
+    peers = [f"p{i:02d}" for i in range(10)]
+    sample = sample_order(peers, 2)[:3]  # Sample(2): adopts round 1; its first `a` aggregate it
+    frozen = sample[frozen_at]
+    settings = ModestSettings(s=3, a=a, aggregation_timeout=2.0, min_models=1)
+
+    def round_one(learnings):
+        return {p: t for p in sample for r, t in learnings[p].finished if r == 1}
+
+    unhindered = round_one(run_modest(10, 4, settings, until=100.0))
+    hindered = round_one(run_modest(10, 4, settings, frozen=frozenset({frozen}), until=100.0))
+    assert unhindered.keys() == set(sample)
+    assert frozen not in hindered  # the freeze bites: it never got round 1's aggregate
+    others = {p: t for p, t in unhindered.items() if p != frozen}
+    assert hindered == others
+    assert max(others.values()) < STALL
+
+
+def test_a_trainer_gives_up_a_copy_stuck_on_a_frozen_aggregator_when_its_round_times_out(caplog):
+    """It re-sends every `round_timeout` (to the same aggregator: it still answers pings), not every
+    send's stall plus `round_timeout`: it sends at about 0.1 s, so by 9 s it has given up 4 times."""
+    peers = [f"p{i:02d}" for i in range(10)]
+    frozen = sample_order(peers, 2)[0]  # the aggregator of round 1
+    trainers = set(sample_order(peers, 1)[:3]) - {frozen}
+    settings = ModestSettings(s=3, a=1, round_timeout=2.0)
+    with caplog.at_level(logging.INFO):
+        learnings = run_modest(10, 2, settings, frozen=frozenset({frozen}), until=9.0)
+    assert not finishers(learnings, 1)
+    assert caplog.text.count("gave up sending round 1 model at its deadline") == 4 * len(trainers)
+
+
+def test_a_leave_reaches_the_peers_after_a_frozen_one_within_the_leave_deadline():
+    """The leave goes to the first `join_fanout` = 3 reachable peers of order(0) at once: the frozen
+    first one holds up its own send past the 1 s the leave has in all, not the next two."""
+    peers = [f"p{i:02d}" for i in range(6)]
+    frozen, *after = sample_order(peers[1:], 0)  # p00 leaves before it adopts any round
+    protocol = Modest(rounds=5, participants=tuple(peers), settings=ModestSettings(s=3))
+
+    async def main():
+        async with open_memory_network(latency=0.01, dial_any=True) as net:
+            leaver = SlowSends(net.add_peer("p00"), frozen=frozenset({frozen}))
+            told = {}
+
+            async def listen(transport):
+                async for event in transport.events:
+                    if isinstance(event, Received) and isinstance(event.message, MembershipUpdate):
+                        told[transport.peer_id] = trio.current_time()
+
+            async with trio.open_nursery() as nursery:
+                for peer in peers[1:]:
+                    nursery.start_soon(listen, net.add_peer(peer))
+                with trio.move_on_after(0.5):
+                    await protocol.run(leaver, ScalarLearning(0.0, peer_id="p00"))
+                await trio.sleep(STALL)
+                nursery.cancel_scope.cancel()
+        return told
+
+    told = trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert told == {after[0]: pytest.approx(0.51), after[1]: pytest.approx(0.51)}
 
 
 def test_views_travel_as_differences_and_a_node_with_another_member_list_gets_the_whole_view():
