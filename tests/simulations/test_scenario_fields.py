@@ -203,6 +203,11 @@ BAD = [
         "vca eps must be a number in [0, inf), got 'small'",
     ),
     (
+        "aggregation_params",  # not silently ignored
+        'aggregation = "vca"\naggregation_params = { selection_params = { f = 1 } }',
+        "selection_params need a selection",
+    ),
+    (
         "aggregation_params",
         'aggregation = "reputation"\naggregation_params = { decay = "0.5" }',
         "reputation decay must be a number in [0, 1), got '0.5'",
