@@ -419,6 +419,21 @@ def test_cli_creates_output_folders_and_refuses_one_it_cannot_create_before_runn
     assert json.loads(deep.read_text())["variants"]["gossip"]["final_mean_accuracy"] is not None
 
 
+def test_an_output_that_cannot_be_written_after_the_run_is_an_error_and_the_others_are_written(tmp_path):
+    # A folder where rounds.csv should go: found only when writing, after the run (root may write
+    # anywhere, so this is how a test makes a write fail).
+    (tmp_path / "csv" / "rounds.csv").mkdir(parents=True)
+    scenario = tmp_path / "tiny.toml"
+    scenario.write_text(TINY)
+    summary = tmp_path / "summary.json"
+    outputs = ["--csv", str(tmp_path / "csv"), "--json", str(summary), "--plots", str(tmp_path / "plots")]
+    out = CliRunner().invoke(main, ["sim", "run", str(scenario), *outputs])
+    assert out.exit_code == 1 and isinstance(out.exception, SystemExit), out.output  # not the OSError
+    assert f"--csv: cannot write {tmp_path / 'csv' / 'rounds.csv'}: Is a directory" in out.output
+    assert json.loads(summary.read_text())["variants"]["gossip"]["final_mean_accuracy"] is not None
+    assert_png(tmp_path / "plots" / "topology-gossip.png")  # written after the CSV failed
+
+
 def test_cli_creates_no_output_folder_for_settings_it_refuses(tmp_path):
     plots_dir = tmp_path / "plots"
     # The default 4-regular topology has no graph on 4 nodes.
