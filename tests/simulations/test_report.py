@@ -287,6 +287,18 @@ def test_variant_names_that_sanitise_alike_get_topologies_of_their_own(tmp_path,
     }
 
 
+def test_a_numbered_topology_file_name_is_not_one_an_earlier_variant_took(tmp_path, monkeypatch):
+    drawn = {}
+    monkeypatch.setattr(
+        plots, "plot_topology", lambda graph, states, path, *, seed, title: drawn.setdefault(path.name, title)
+    )
+    results = {name: make_result() for name in ("a_b-3", "a b", "a/b")}
+    variants = tuple(Variant(name, r.config) for name, r in results.items())
+    write_plots(ScenarioResult(Scenario("demo", "", None, variants), results), tmp_path)
+    # "a/b", third, would be numbered topology-a_b-3.png: the first variant's file.
+    assert sorted(title.split(":")[0] for title in drawn.values()) == ["a b", "a/b", "a_b-3"]
+
+
 # Progress bar
 
 
