@@ -120,7 +120,8 @@ def plot_topology(
     if len(edges) > max_edges:
         notes.append(f"{max_edges} of {len(edges)} edges")
         edges = rng.sample(edges, max_edges)
-    positions = nx.spring_layout(graph, seed=seed) if graph.number_of_nodes() else {}
+    # spring_layout seeds numpy's legacy generator, which takes seeds below 2**32 only; runs take any.
+    positions = nx.spring_layout(graph, seed=seed % 2**32) if graph.number_of_nodes() else {}
 
     figure = Figure(figsize=(7, 7), layout="constrained")
     ax = figure.add_subplot()

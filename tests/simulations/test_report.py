@@ -224,6 +224,11 @@ def test_topology_plot_colours_nodes_by_state(tmp_path):
         plot_topology(graph, {0: "sleepy"}, tmp_path / "bad.png")
 
 
+def test_topology_plot_takes_any_seed_a_run_takes(tmp_path):
+    # Seeds are any integer >= 0; numpy's legacy seeding under spring_layout takes < 2**32 only.
+    assert_png(plot_topology(nx.cycle_graph(4), {}, tmp_path / "big-seed.png", seed=2**63 - 1))
+
+
 def test_topology_plot_of_a_big_graph_samples_nodes_and_stays_fast(tmp_path):
     graph = nx.random_regular_graph(4, 2000, seed=1)
     states = {n: "crashed" for n in range(0, 2000, 5)}
