@@ -98,10 +98,13 @@ def plan_churn(
             pool = sorted(running - set(event.nodes))
             count = math.floor(event.fraction * len(running))
             picks[index] = tuple(sorted(_choose(rng, pool, min(count, len(pool))) + list(event.nodes)))
-            if not 0 < len(picks[index]) < len(running):
+            # Named nodes that are not running (stopped, or yet to join) may be named, but do not
+            # count: a side of crashed nodes only would cut nobody off.
+            named = len(running.intersection(picks[index]))
+            if not 0 < named < len(running):
                 raise ConfigError(
                     f"churn at round {event.round}: a partition needs running nodes on both sides, "
-                    f"got {len(picks[index])} of {len(running)} on the named side"
+                    f"got {named} of {len(running)} on the named side"
                 )
         else:
             if gone := sorted(set(event.nodes) - running):

@@ -167,17 +167,38 @@ def _write_outputs(
     csv_dir: Path | None,
     plots_dir: Path | None,
 ) -> None:
-    if json_path is not None:
-        json_path.write_text(strict_json.dumps(result.to_json(), indent=2))
-        click.echo(f"summary written to {json_path}")
-    if csv_dir is not None:
-        written = write_csv(result, csv_dir)
-        click.echo(f"tables written: {', '.join(str(p) for p in written)}")
-    if plots_dir is not None:
-        from simulations.plots import write_plots  # matplotlib is imported only when plotting
+    """Write every output asked for. One that fails (a file in the way, a full disk: what
+    `_prepare_outputs` cannot see) does not stop the others, which hold the same run's results;
+    the failures are then reported as one error naming the option and the file."""
+    failed = []
+    for option, target, write in (
+        ("--json", json_path, _write_json),
+        ("--csv", csv_dir, _write_tables),
+        ("--plots", plots_dir, _write_plots),
+    ):
+        if target is None:
+            continue
+        try:
+            click.echo(write(result, target))
+        except OSError as exc:
+            failed.append(f"{option}: cannot write {exc.filename or target}: {exc.strerror or exc}")
+    if failed:
+        raise click.ClickException("; ".join(failed))
 
-        written = write_plots(result, plots_dir)
-        click.echo(f"plots written: {', '.join(str(p) for p in written)}")
+
+def _write_json(result: EmulationResult | ScenarioResult, path: Path) -> str:
+    path.write_text(strict_json.dumps(result.to_json(), indent=2))
+    return f"summary written to {path}"
+
+
+def _write_tables(result: EmulationResult | ScenarioResult, folder: Path) -> str:
+    return f"tables written: {', '.join(str(p) for p in write_csv(result, folder))}"
+
+
+def _write_plots(result: EmulationResult | ScenarioResult, folder: Path) -> str:
+    from simulations.plots import write_plots  # matplotlib is imported only when plotting
+
+    return f"plots written: {', '.join(str(p) for p in write_plots(result, folder))}"
 
 
 def _run_scenario(

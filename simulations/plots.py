@@ -120,7 +120,8 @@ def plot_topology(
     if len(edges) > max_edges:
         notes.append(f"{max_edges} of {len(edges)} edges")
         edges = rng.sample(edges, max_edges)
-    positions = nx.spring_layout(graph, seed=seed) if graph.number_of_nodes() else {}
+    # spring_layout seeds numpy's legacy generator, which takes seeds below 2**32 only; runs take any.
+    positions = nx.spring_layout(graph, seed=seed % 2**32) if graph.number_of_nodes() else {}
 
     figure = Figure(figsize=(7, 7), layout="constrained")
     ax = figure.add_subplot()
@@ -154,7 +155,8 @@ def write_plots(result: ScenarioResult | EmulationResult, directory: str | Path)
     """The three accuracy plots, then each variant's topology with node states when the run ended.
 
     The topology file is topology.png for a single run, topology-VARIANT.png for a scenario (with
-    the variant's position added where two names make the same file name, as "a b" and "a/b" do);
+    the variant's position, or the next free number, added where two names make the same file name,
+    as "a b" and "a/b" do);
     results that carry no graph get no topology picture.
     """
     directory = Path(directory)
@@ -165,15 +167,17 @@ def write_plots(result: ScenarioResult | EmulationResult, directory: str | Path)
             continue  # a result built by hand, without its graph: nothing to draw
         graph = topology_of(run)
         stem = "topology" if isinstance(result, EmulationResult) else f"topology-{_safe(name)}"
-        filename = f"{stem}.png" if stem not in used else f"{stem}-{index + 1}.png"
-        used.update((stem, filename.removesuffix(".png")))
+        filename, number = stem, index + 1
+        while filename in used:  # the numbered name may be another variant's too: "a_b-3" before "a/b"
+            filename, number = f"{stem}-{number}", number + 1
+        used.add(filename)
         source = Path(run.config.topology_file).name if run.config.topology_file else run.config.topology
         title = f"{name}: {source}, {graph.number_of_nodes()} nodes, final states"
         paths.append(
             plot_topology(
                 graph,
                 states_by_label(graph, node_states(run)),
-                directory / filename,
+                directory / f"{filename}.png",
                 seed=run.config.seed,
                 title=title,
             )

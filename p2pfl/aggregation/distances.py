@@ -198,6 +198,21 @@ def positive_param(rule: str, name: str, value: object) -> float:
     return float(value)
 
 
+def number_param(
+    rule: str, name: str, value: object, low: float, high: float, *, include_high: bool = True
+) -> float:
+    """`value` as a float if it is a number in [low, high] (or [low, high) with `include_high=False`).
+
+    Booleans and strings are refused rather than compared or converted: `bool("false")` is True, and a
+    string would fail the comparison with a TypeError that does not name the parameter.
+    """
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if not number or not (low <= value <= high if include_high else low <= value < high):  # NaN too
+        interval = f"[{low:g}, {high:g}{']' if include_high else ')'}"
+        raise ValueError(f"{rule} {name} must be a number in {interval}, got {value!r}")
+    return float(value)
+
+
 def bool_param(rule: str, name: str, value: object) -> bool:
     if not isinstance(value, bool):
         raise ValueError(f"{rule} {name} must be true or false, got {value!r}")

@@ -37,7 +37,15 @@ def _reputation(*, rule: str = "fedavg", rule_params: dict[str, object] | None =
 def _vca(
     *, selection: str | None = None, selection_params: dict[str, object] | None = None, **params: object
 ):
-    """`vca` may filter first: { selection = "multi_krum", selection_params = { f = 2 } }."""
+    """`vca` may filter first: { selection = "multi_krum", selection_params = { f = 2 } }.
+
+    `selection_params` without a `selection` are refused: they would be ignored, and the run would
+    merge every model while the file says it filters them.
+    """
+    if selection is None and selection_params is not None:
+        raise ValueError(
+            f"vca selection_params need a selection (krum or multi_krum), got {selection_params!r}"
+        )
     selector = None
     if selection is not None:
         selector = build_aggregator(selection, **(selection_params or {}))

@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 import torch
 
 from p2pfl.aggregation.base import Aggregator, Contribution, stack
+from p2pfl.aggregation.distances import number_param
 from p2pfl.model_state import ModelState
 
 
@@ -27,16 +28,10 @@ class Reputation(Aggregator):
     def __init__(
         self, inner: Aggregator, *, decay: float = 0.8, threshold: float = 0.0, initial: float = 1.0
     ) -> None:
-        if not 0.0 <= decay < 1.0:
-            raise ValueError(f"reputation decay must be in [0, 1), got {decay}")
-        if not -1.0 <= threshold <= 1.0 or not -1.0 <= initial <= 1.0:
-            raise ValueError(
-                f"reputation threshold and initial must be in [-1, 1], got {threshold} and {initial}"
-            )
         self.inner = inner
-        self.decay = decay
-        self.threshold = threshold
-        self.initial = initial
+        self.decay = number_param("reputation", "decay", decay, 0.0, 1.0, include_high=False)
+        self.threshold = number_param("reputation", "threshold", threshold, -1.0, 1.0)
+        self.initial = number_param("reputation", "initial", initial, -1.0, 1.0)
         self._scores: dict[str, float] = {}
 
     def peer_scores(self) -> Mapping[str, float]:

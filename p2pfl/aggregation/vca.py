@@ -16,6 +16,7 @@ from typing import Protocol, runtime_checkable
 import torch
 
 from p2pfl.aggregation.base import Aggregator, Contribution, stack
+from p2pfl.aggregation.distances import bool_param, number_param
 from p2pfl.model_state import Layout, ModelState, TensorSpec
 
 _RUNNING_STATS = ("running_mean", "running_var")
@@ -75,18 +76,12 @@ class VCA(Aggregator):
         correct_biases: bool = False,
         selection: Selector | None = None,
     ) -> None:
-        if not 0.0 <= self_weight <= 1.0:
-            raise ValueError(f"VCA self_weight must be in [0, 1], got {self_weight}")
-        if not 0.0 <= ratio <= 1.0:
-            raise ValueError(f"VCA ratio must be in [0, 1], got {ratio}")
-        if not (eps >= 0.0 and math.isfinite(eps)):
-            raise ValueError(f"VCA eps must be a finite number >= 0, got {eps}")
         if selection is not None and not callable(getattr(selection, "select", None)):
             raise TypeError("VCA selection must have a select(own, received) method")
-        self.self_weight = float(self_weight)
-        self.ratio = float(ratio)
-        self.eps = float(eps)
-        self.correct_biases = bool(correct_biases)
+        self.self_weight = number_param("vca", "self_weight", self_weight, 0.0, 1.0)
+        self.ratio = number_param("vca", "ratio", ratio, 0.0, 1.0)
+        self.eps = number_param("vca", "eps", eps, 0.0, math.inf, include_high=False)
+        self.correct_biases = bool_param("vca", "correct_biases", correct_biases)
         self.selection = selection
         self._last_plan: tuple[Layout, torch.device, _Plan] | None = None
 

@@ -63,3 +63,14 @@ def test_joins_that_leave_nobody_to_start_are_refused():
 def test_a_partition_needs_nodes_on_both_sides(event):
     with pytest.raises(ConfigError, match="a partition needs running nodes on both sides, got"):
         plan_churn([event], 6, seed=0, protected=frozenset())
+
+
+def test_a_partition_whose_named_side_holds_only_stopped_nodes_is_refused():
+    # Node 1 crashed at round 1: cutting it off at round 2 splits nothing.
+    events = [ChurnEvent(1, "crash", nodes=(1,)), ChurnEvent(2, "partition", nodes=(1,))]
+    with pytest.raises(ConfigError, match="got 0 of 5 on the named side"):
+        plan_churn(events, 6, seed=0, protected=frozenset())
+    # Likewise every running node and a stopped one: nobody is left on the other side.
+    events = [ChurnEvent(1, "crash", nodes=(1,)), ChurnEvent(2, "partition", nodes=(0, 1, 2, 3, 4, 5))]
+    with pytest.raises(ConfigError, match="got 5 of 5 on the named side"):
+        plan_churn(events, 6, seed=0, protected=frozenset())

@@ -224,6 +224,11 @@ def test_topology_plot_colours_nodes_by_state(tmp_path):
         plot_topology(graph, {0: "sleepy"}, tmp_path / "bad.png")
 
 
+def test_topology_plot_takes_any_seed_a_run_takes(tmp_path):
+    # Seeds are any integer >= 0; numpy's legacy seeding under spring_layout takes < 2**32 only.
+    assert_png(plot_topology(nx.cycle_graph(4), {}, tmp_path / "big-seed.png", seed=2**63 - 1))
+
+
 def test_topology_plot_of_a_big_graph_samples_nodes_and_stays_fast(tmp_path):
     graph = nx.random_regular_graph(4, 2000, seed=1)
     states = {n: "crashed" for n in range(0, 2000, 5)}
@@ -285,6 +290,18 @@ def test_variant_names_that_sanitise_alike_get_topologies_of_their_own(tmp_path,
         "topology-a_b-2.png": "a/b: ring.edgelist, 4 nodes, final states",  # the file, not `topology`
         "topology-a_b-2-3.png": "a_b-2: ring, 4 nodes, final states",
     }
+
+
+def test_a_numbered_topology_file_name_is_not_one_an_earlier_variant_took(tmp_path, monkeypatch):
+    drawn = {}
+    monkeypatch.setattr(
+        plots, "plot_topology", lambda graph, states, path, *, seed, title: drawn.setdefault(path.name, title)
+    )
+    results = {name: make_result() for name in ("a_b-3", "a b", "a/b")}
+    variants = tuple(Variant(name, r.config) for name, r in results.items())
+    write_plots(ScenarioResult(Scenario("demo", "", None, variants), results), tmp_path)
+    # "a/b", third, would be numbered topology-a_b-3.png: the first variant's file.
+    assert sorted(title.split(":")[0] for title in drawn.values()) == ["a b", "a/b", "a_b-3"]
 
 
 # Progress bar
@@ -417,6 +434,21 @@ def test_cli_creates_output_folders_and_refuses_one_it_cannot_create_before_runn
     out = CliRunner().invoke(main, ["sim", "run", str(scenario), "--json", str(deep)])
     assert out.exit_code == 0, out.output
     assert json.loads(deep.read_text())["variants"]["gossip"]["final_mean_accuracy"] is not None
+
+
+def test_an_output_that_cannot_be_written_after_the_run_is_an_error_and_the_others_are_written(tmp_path):
+    # A folder where rounds.csv should go: found only when writing, after the run (root may write
+    # anywhere, so this is how a test makes a write fail).
+    (tmp_path / "csv" / "rounds.csv").mkdir(parents=True)
+    scenario = tmp_path / "tiny.toml"
+    scenario.write_text(TINY)
+    summary = tmp_path / "summary.json"
+    outputs = ["--csv", str(tmp_path / "csv"), "--json", str(summary), "--plots", str(tmp_path / "plots")]
+    out = CliRunner().invoke(main, ["sim", "run", str(scenario), *outputs])
+    assert out.exit_code == 1 and isinstance(out.exception, SystemExit), out.output  # not the OSError
+    assert f"--csv: cannot write {tmp_path / 'csv' / 'rounds.csv'}: Is a directory" in out.output
+    assert json.loads(summary.read_text())["variants"]["gossip"]["final_mean_accuracy"] is not None
+    assert_png(tmp_path / "plots" / "topology-gossip.png")  # written after the CSV failed
 
 
 def test_cli_creates_no_output_folder_for_settings_it_refuses(tmp_path):

@@ -186,6 +186,37 @@ BAD = [
     ("aggregation_params", "aggregation_params = 0.5", "aggregation_params: Input should be a valid dict"),
     ("aggregation_params", "aggregation_params = { colour = 1 }", "unexpected keyword argument 'colour'"),
     ("aggregation_params", "aggregation_params = { f = -1 }", "trimmed_mean f must be an integer >= 0"),
+    # vca and reputation take their values as written too: "false" is not false, true is not 1
+    (
+        "aggregation_params",
+        'aggregation = "vca"\naggregation_params = { correct_biases = "false" }',
+        "vca correct_biases must be true or false, got 'false'",
+    ),
+    (
+        "aggregation_params",
+        'aggregation = "vca"\naggregation_params = { self_weight = true }',
+        "vca self_weight must be a number in [0, 1], got True",
+    ),
+    (
+        "aggregation_params",
+        'aggregation = "vca"\naggregation_params = { eps = "small" }',
+        "vca eps must be a number in [0, inf), got 'small'",
+    ),
+    (
+        "aggregation_params",  # not silently ignored
+        'aggregation = "vca"\naggregation_params = { selection_params = { f = 1 } }',
+        "selection_params need a selection",
+    ),
+    (
+        "aggregation_params",
+        'aggregation = "reputation"\naggregation_params = { decay = "0.5" }',
+        "reputation decay must be a number in [0, 1), got '0.5'",
+    ),
+    (
+        "aggregation_params",
+        'aggregation = "reputation"\naggregation_params = { threshold = false }',
+        "reputation threshold must be a number in [-1, 1], got False",
+    ),
     (
         "aggregation_params",  # bristle takes its own, checked against the transfer task
         TRANSFER + 'aggregation = "bristle"\naggregation_params = { f = 1 }',
