@@ -37,6 +37,7 @@ from transport.base import PeerId, Received, Transport
 from transport.codec import message
 from transport.errors import PeerUnreachable
 from transport.messages import ModelPayload
+from transport.outbox import Outbox
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +117,6 @@ class _ModestNode:
         self.joining = self.own not in protocol.participants
         self.asked_for_views: set[PeerId] = set()  # peers with another member list, asked once
         self.view.join(self.own, 0)
-        self.pinger = Pinger(transport, interval=self.settings.ping_interval)
         self.adopted_round = 0  # newest aggregate this node adopted (0: the initial model)
         self.aggregated_round = 0  # newest round this node aggregated
         self.buffers: dict[int, dict[PeerId, ModelPayload]] = {}
@@ -131,6 +131,15 @@ class _ModestNode:
         try:
             async with trio.open_nursery() as nursery:
                 self.nursery = nursery
+                # Replies (pongs, answers to join adverts) go out through the outbox, never awaited
+                # in `_serve`: a peer that asks and stops reading must not hold up every other event.
+                self.outbox = Outbox(self.transport, nursery)
+                self.pinger = Pinger(
+                    self.transport,
+                    self.outbox,
+                    interval=self.settings.ping_interval,
+                    answer_timeout=self.settings.ping_timeout,
+                )
                 nursery.start_soon(self._serve)
                 if self.joining:
                     nursery.start_soon(self._advertise, self.protocol.join_fanout, True)
@@ -208,10 +217,11 @@ class _ModestNode:
             # told vouch for it; its record then spreads with their model messages.
             self.view.mark_active(sender, self.adopted_round)
             view, base = self._view_for(msg.base)
-            try:
-                await self.transport.send(sender, MembershipUpdate(view, reply=False, base=base))
-            except PeerUnreachable as exc:
-                log.info("%s could not answer %s's membership update: %s", self.own, sender, exc)
+            # Given up after `ping_timeout`, like a pong: a peer that cannot take a message that
+            # fast fails its pings too, so no sample picks it, and the answer only hastens what the
+            # views on model messages tell the joiner anyway.
+            answer = MembershipUpdate(view, reply=False, base=base)
+            await self.outbox.send(sender, answer, timeout=self.settings.ping_timeout)
 
     # --- trainer ------------------------------------------------------------------------------------
 

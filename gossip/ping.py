@@ -7,15 +7,16 @@ for another.
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from itertools import count
 
 import trio
 
+from gossip.sampling import DEFAULT_PING_TIMEOUT
 from transport.base import PeerId, Received, Transport
 from transport.codec import message
 from transport.errors import PeerUnreachable
+from transport.outbox import Outbox
 
 
 @message("ping", version=1)
@@ -37,14 +38,28 @@ class Pinger:
     """Sends pings and answers them; the protocol's event loop hands it every ping and pong.
 
     Answers carry `round`, which the owning protocol keeps current, so a ping also tells whether a
-    peer has moved past a round (`reported`).
+    peer has moved past a round (`reported`). They go out through `outbox`, so a pinger that stops
+    reading holds up neither the event loop nor the answers to anyone else, and each is given up
+    after `answer_timeout` seconds: the pinger's own timeout (the same setting across a deployment),
+    after which an answer is of no use to it.
     """
 
-    def __init__(self, transport: Transport, *, interval: float = 1.0) -> None:
+    def __init__(
+        self,
+        transport: Transport,
+        outbox: Outbox,
+        *,
+        interval: float = 1.0,
+        answer_timeout: float = DEFAULT_PING_TIMEOUT,
+    ) -> None:
         if not interval > 0:
             raise ValueError(f"ping interval must be > 0 seconds, got {interval}")
+        if not answer_timeout > 0:
+            raise ValueError(f"answer timeout must be > 0 seconds, got {answer_timeout}")
         self._transport = transport
+        self._outbox = outbox
         self._interval = interval
+        self._answer_timeout = answer_timeout
         self._nonces = count(1)
         self._waiting: dict[tuple[PeerId, int], trio.Event] = {}
         self.round = 0
@@ -73,10 +88,10 @@ class Pinger:
             del self._waiting[key]
 
     async def handle(self, event: Received) -> bool:
-        """Answer a ping or note a pong; False if `event` is neither."""
+        """Answer a ping (without waiting for the answer to arrive) or note a pong; False if neither."""
         if isinstance(event.message, Ping):
-            with contextlib.suppress(PeerUnreachable):  # it asked and left: nothing to answer
-                await self._transport.send(event.sender, Pong(event.message.nonce, self.round))
+            pong = Pong(event.message.nonce, self.round)
+            await self._outbox.send(event.sender, pong, timeout=self._answer_timeout)
             return True
         if isinstance(event.message, Pong):
             answered = self._waiting.get((event.sender, event.message.nonce))

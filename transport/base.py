@@ -60,6 +60,11 @@ class Transport(ABC):
 
     peer_id: PeerId
     stats: TrafficStats
+    #: Whether `send` may wait on the peer: the libp2p one returns only once the peer verified and
+    #: queued the message, so a peer that stops reading holds it up until a deadline. A transport
+    #: whose `send` only puts the message on its way and returns (the in-memory network) sets it
+    #: False; `transport.outbox.Outbox` then sends in the caller's task, without a task per message.
+    send_may_block: bool = True
 
     @abstractmethod
     def peers(self) -> frozenset[PeerId]:

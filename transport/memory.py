@@ -284,6 +284,8 @@ class MemoryNetwork:
 class MemoryTransport(Transport):
     """One peer's end of a `MemoryNetwork`."""
 
+    send_may_block = False  # `send` puts the message on the network and returns: it never waits
+
     def __init__(self, network: MemoryNetwork, peer_id: PeerId) -> None:
         self.peer_id = peer_id
         self.stats = TrafficStats()

@@ -23,12 +23,21 @@ STALL = 10.0  # what a write to a peer that never reads takes to fail on the lib
 class SlowSends(Transport):
     """The memory transport with sends that take time, as libp2p's do (a send returns once the peer
     has the message): `seconds` each, and to a `frozen` peer, anything but a ping or its answer
-    fails only after `STALL` s: a peer that froze after a sample picked it.
+    fails only after `STALL` s: a peer that froze after a sample picked it. With `pings_too`, pings
+    and pongs to it stall as well: a peer that asked something and then stopped reading.
     """
 
-    def __init__(self, inner: Transport, *, seconds: float = 0.0, frozen: frozenset[str] = frozenset()):
-        self.inner, self.seconds, self.frozen = inner, seconds, frozen
+    def __init__(
+        self,
+        inner: Transport,
+        *,
+        seconds: float = 0.0,
+        frozen: frozenset[str] = frozenset(),
+        pings_too: bool = False,
+    ):
+        self.inner, self.seconds, self.frozen, self.pings_too = inner, seconds, frozen, pings_too
         self.peer_id, self.stats = inner.peer_id, inner.stats
+        self.stalled = []  # (peer, message type, when the send failed or was given up)
 
     def peers(self):
         return self.inner.peers()
@@ -38,8 +47,11 @@ class SlowSends(Transport):
         return self.inner.events
 
     async def send(self, peer, message) -> None:
-        if peer in self.frozen and not isinstance(message, Ping | Pong):
-            await trio.sleep(STALL)
+        if peer in self.frozen and (self.pings_too or not isinstance(message, Ping | Pong)):
+            try:
+                await trio.sleep(STALL)
+            finally:
+                self.stalled.append((peer, type(message).__name__, trio.current_time()))
             raise PeerUnreachable(f"{peer}: write timed out after {STALL} s")
         await trio.sleep(self.seconds)
         await self.inner.send(peer, message)
@@ -469,3 +481,51 @@ def test_with_a_start_depth_only_the_head_of_order_one_pings_at_the_start():
     assert head == everyone and len(head) == 3
     # What the 37 nodes past the head no longer send and get: a ping to each of the first 3, answered.
     assert everyone_messages - head_messages == 2 * 3 * (len(founders) - 3)
+
+
+@pytest.mark.parametrize(
+    ("question", "answer"),
+    [
+        (Ping(1), "Pong"),
+        (MembershipUpdate([ViewEntry("f", 0, 1, 0)], reply=True, base=b""), "MembershipUpdate"),
+    ],
+    ids=["ping", "join-advert"],
+)
+def test_a_peer_that_asks_and_stops_reading_holds_up_no_other_event(question, answer):
+    """`f` asks node `a` something that wants an answer, then reads nothing: the answer stalls, as a
+    libp2p send to it would. Meanwhile `b` pings `a` and sends it round 1's aggregate: `a` answers
+    and adopts at once, not a send's stall later, and gives up its answer to `f` after ping_timeout.
+    """
+    settings = ModestSettings(s=3, ping_timeout=2.0)
+    learning = ScalarLearning(0.0, peer_id="a", step=1.0)
+    aggregate = ModestModel(1, True, ModelPayload({"x": np.array([5.0])}, 1.0), [], b"")
+    # `a` joins a deployment of `b` alone: it trains only once a sample picks it, so the test drives it.
+    protocol = Modest(rounds=9, participants=("b",), settings=settings, leave_on_stop=False)
+
+    async def main():
+        async with open_memory_network(latency=0.01, dial_any=True) as net:
+            a = SlowSends(net.add_peer("a"), frozen=frozenset({"f"}), pings_too=True)
+            b, f = net.add_peer("b"), net.add_peer("f")
+            pongs = []
+
+            async def listen():
+                async for event in b.events:
+                    if isinstance(event, Received) and isinstance(event.message, Pong):
+                        pongs.append((event.message.nonce, trio.current_time()))
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(protocol.run, a, learning)
+                nursery.start_soon(listen)
+                await trio.sleep(0.05)
+                await f.send("a", question)  # arrives at 0.06
+                await trio.sleep(0.05)
+                await b.send("a", Ping(7))  # arrives at 0.11
+                await b.send("a", aggregate)
+                await trio.sleep(STALL + 1)
+                nursery.cancel_scope.cancel()
+            return pongs, a.stalled
+
+    pongs, stalled = trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert pongs == [(7, pytest.approx(0.12))]
+    assert learning.finished == [(1, pytest.approx(0.11))]
+    assert [(peer, at) for peer, kind, at in stalled if kind == answer] == [("f", pytest.approx(2.06))]
