@@ -78,9 +78,18 @@ class Transport(ABC):
         """Send `message` to each of `peers` at once: a slow or frozen peer holds up no other.
 
         A peer that cannot be reached is logged and skipped. Cancelling the call (a deadline around
-        it) ends the sends still running, each logged. Every send runs in its own task; a transport
-        whose `send` never blocks overrides this with a plain loop, which costs no task per message.
+        it) ends the sends still running, each logged. Every send runs in its own task, unless
+        `send` never blocks (`send_may_block`): then one loop in the caller's task sends to all at
+        once, which costs no task per message (a task per message cost the 10,000-node D-PSGD
+        emulation about 30% of its speed).
         """
+        if not self.send_may_block:
+            for peer in peers:
+                try:
+                    await self.send(peer, message)
+                except PeerUnreachable as exc:
+                    log_unreachable(message, peer, exc)
+            return
 
         async def send_one(peer: PeerId) -> None:
             try:

@@ -32,7 +32,6 @@ from transport.base import (
     Received,
     TrafficStats,
     Transport,
-    log_unreachable,
 )
 from transport.errors import DecodeError, PeerUnreachable
 from transport.links import Link, LinkParams, group_index
@@ -314,15 +313,6 @@ class MemoryTransport(Transport):
         # to 4 neighbours went to the back of the run queue 4 times): 5,000 D-PSGD nodes ran 28%
         # faster without it. Deliveries still happen in the network's own task, later.
         await trio.lowlevel.checkpoint_if_cancelled()
-
-    async def send_each(self, peers: Sequence[PeerId], message: object) -> None:
-        # `send` never blocks here, so one loop in the caller's task sends to all at once in virtual
-        # time: a task per message cost the 10,000-node D-PSGD benchmark about 30% of its speed.
-        for peer in peers:
-            try:
-                await self.send(peer, message)
-            except PeerUnreachable as exc:
-                log_unreachable(message, peer, exc)
 
     def _encode(self, message: object) -> bytes:
         last = self._last_sent
