@@ -56,10 +56,7 @@ class Outbox:
         """
         transport = self._transport
         if not transport.send_may_block:
-            try:
-                await transport.send(peer, message)
-            except PeerUnreachable as exc:
-                log_unreachable(message, peer, exc)
+            await transport.send_each([peer], message)  # at once, in this task, failures logged
             return
         queue = self._queues.get(peer)
         if queue is None:
