@@ -5,6 +5,7 @@ import pytest
 import trio
 import trio.testing
 from scalar_learning import ScalarLearning
+from wrapped_transport import Wrapped
 
 from gossip.membership import MemberList, ViewEntry
 from gossip.modest import MembershipUpdate, Modest, ModestModel
@@ -20,7 +21,7 @@ from transport.messages import ModelPayload
 STALL = 10.0  # what a write to a peer that never reads takes to fail on the libp2p transport
 
 
-class SlowSends(Transport):
+class SlowSends(Wrapped):
     """The memory transport with sends that take time, as libp2p's do (a send returns once the peer
     has the message): `seconds` each, and to a `frozen` peer, anything but a ping or its answer
     fails only after `STALL` s: a peer that froze after a sample picked it. With `pings_too`, pings
@@ -35,16 +36,9 @@ class SlowSends(Transport):
         frozen: frozenset[str] = frozenset(),
         pings_too: bool = False,
     ):
-        self.inner, self.seconds, self.frozen, self.pings_too = inner, seconds, frozen, pings_too
-        self.peer_id, self.stats = inner.peer_id, inner.stats
+        super().__init__(inner)
+        self.seconds, self.frozen, self.pings_too = seconds, frozen, pings_too
         self.stalled = []  # (peer, message type, when the send failed or was given up)
-
-    def peers(self):
-        return self.inner.peers()
-
-    @property
-    def events(self):
-        return self.inner.events
 
     async def send(self, peer, message) -> None:
         if peer in self.frozen and (self.pings_too or not isinstance(message, Ping | Pong)):
@@ -55,12 +49,6 @@ class SlowSends(Transport):
             raise PeerUnreachable(f"{peer}: write timed out after {STALL} s")
         await trio.sleep(self.seconds)
         await self.inner.send(peer, message)
-
-    async def publish(self, topic, message) -> None:
-        await self.inner.publish(topic, message)
-
-    async def subscribe(self, topic) -> None:
-        await self.inner.subscribe(topic)
 
 
 def run_modest(

@@ -10,11 +10,12 @@ import pytest
 import trio
 import trio.testing
 from scalar_learning import ScalarLearning
+from wrapped_transport import Wrapped
 
 from gossip.dpsgd import DPSGD
 from gossip.gossip_learning import GossipLearning
 from gossip.rounds import RoundClock, send_to_each
-from transport.base import Received, Transport
+from transport.base import Received
 from transport.errors import PeerUnreachable
 from transport.memory import open_memory_network
 from transport.messages import ModelPayload, ModelUpdate
@@ -22,33 +23,18 @@ from transport.messages import ModelPayload, ModelUpdate
 STALL = 10.0  # what a write to a peer that never reads takes to fail on the libp2p transport
 
 
-class StallsTowards(Transport):
+class StallsTowards(Wrapped):
     """A transport whose sends to `frozen` peers fail only after `STALL` s, as libp2p's do."""
 
     def __init__(self, inner, frozen: set[str]) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.frozen = frozen
-        self.peer_id = inner.peer_id
-        self.stats = inner.stats
-
-    def peers(self):
-        return self.inner.peers()
-
-    @property
-    def events(self):
-        return self.inner.events
 
     async def send(self, peer, message) -> None:
         if peer in self.frozen:
             await trio.sleep(STALL)
             raise PeerUnreachable(f"{peer}: write timed out after {STALL} s")
         await self.inner.send(peer, message)
-
-    async def publish(self, topic, message) -> None:
-        await self.inner.publish(topic, message)
-
-    async def subscribe(self, topic) -> None:
-        await self.inner.subscribe(topic)
 
 
 class SlowOnce(ScalarLearning):

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import pytest
 import trio
 import trio.testing
+from wrapped_transport import Wrapped
 
 from transport.base import Received, Transport
 from transport.codec import message
@@ -23,21 +24,14 @@ class Note:
     text: str
 
 
-class Blocking(Transport):
+class Blocking(Wrapped):
     """The memory transport with sends that wait on the peer, as libp2p's do: `seconds` each, and a
     send to a `frozen` peer never ends by itself (only a deadline ends it)."""
 
     def __init__(self, inner: Transport, *, seconds: float = 0.0, frozen: frozenset[str] = frozenset()):
-        self.inner, self.seconds, self.frozen = inner, seconds, frozen
-        self.peer_id, self.stats = inner.peer_id, inner.stats
+        super().__init__(inner)
+        self.seconds, self.frozen = seconds, frozen
         self.started = []  # (peer, message, when its send began)
-
-    def peers(self):
-        return self.inner.peers()
-
-    @property
-    def events(self):
-        return self.inner.events
 
     async def send(self, peer, message) -> None:
         self.started.append((peer, message, trio.current_time()))
@@ -45,12 +39,6 @@ class Blocking(Transport):
             await trio.sleep_forever()
         await trio.sleep(self.seconds)
         await self.inner.send(peer, message)
-
-    async def publish(self, topic, message) -> None:
-        await self.inner.publish(topic, message)
-
-    async def subscribe(self, topic) -> None:
-        await self.inner.subscribe(topic)
 
 
 def virtual(main):
