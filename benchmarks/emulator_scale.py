@@ -232,7 +232,8 @@ def _table(results: list[dict], *, header: bool = True) -> str:
 
 
 def _medians(results: list[dict]) -> list[dict]:
-    """Per case, the run with the median run time, its ratio replaced by the median ratio."""
+    """Per case, the run with the median run time (the faster middle one of an even count), its
+    ratio replaced by the median ratio (the lower middle one)."""
     cases: dict[tuple[str, int], list[dict]] = {}
     for r in results:
         if "error" not in r:
@@ -306,7 +307,10 @@ def main() -> None:
             print(_table([r], header=False), flush=True)
     print()
     if args.repeats > 1:
-        print(f"medians of {args.repeats} runs (the run with the median run time; x base: median ratio)")
+        print(
+            f"medians of {args.repeats} runs (the run with the median run time, the faster middle one"
+            " of an even count; x base: the median ratio, likewise)"
+        )
     print(_table(_medians(results)))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
