@@ -619,6 +619,38 @@ def test_a_receiver_that_stops_reading_does_not_block_the_sender():
     run(main)
 
 
+def test_small_messages_are_not_held_up_by_big_transfers_to_a_peer_that_stopped_reading():
+    async def main():
+        async with AsyncExitStack() as stack:
+            # b may send one big transfer at a time, and a write that does not progress fails
+            # after 3 s; a reads nothing, c is a peer like any other.
+            one_slot = dataclasses.replace(FAST, io_timeout=3.0, max_outbound=1)
+            a, b = await connected_pair(stack, b_kwargs={"model": one_slot})
+            c = await stack.enter_async_context(node(bootstrap=a.addrs))
+            b.add_peer_addrs(c.addrs)
+
+            async def stall(stream):  # reads nothing, holds the stream open
+                await trio.sleep_forever()
+
+            a.host.set_stream_handler(MODEL_PROTOCOL, stall)
+            async with trio.open_nursery() as nursery:
+
+                async def big_to_a():
+                    with pytest.raises(PeerUnreachable):
+                        await b.send(a.peer_id, model(1, 4 * MiB // 4))  # over the Yamux window
+
+                nursery.start_soon(big_to_a)
+                await trio.sleep(0.2)  # b's one slot is taken by the transfer to a
+                start = time.monotonic()
+                await b.send(c.peer_id, Note("small"))
+                assert time.monotonic() - start < 1.5  # not after the big transfer failed (3 s)
+                assert (await next_event(c, Received)).message == Note("small")
+                with pytest.raises(trio.TooSlowError), trio.fail_after(1.0):  # a big one still waits
+                    await b.send(c.peer_id, model(2, MiB // 4))
+
+    run(main)
+
+
 @pytest.mark.parametrize(
     ("sender_does", "stops_at", "reason", "elements"),
     [

@@ -29,6 +29,7 @@ stopped peer would otherwise block forever. Concurrent transfers are bounded in 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import math
@@ -112,7 +113,11 @@ class ModelPlaneConfig:
     max_header_bytes: int = 4096
     max_body_bytes: int = codec.DEFAULT_LIMITS.max_frame_bytes
     max_inbound: int = 4  # transfers being received at once
-    max_outbound: int = 4  # transfers being sent at once
+    max_outbound: int = 4  # transfers of bodies over `small_body_bytes` being sent at once
+    # Bodies up to this size (pings, pongs, views, a small model) are sent outside `max_outbound`:
+    # the limit bounds the memory and bandwidth of big transfers, and peers that stop reading hold
+    # their slots for up to `io_timeout` each, which must not silence a node's answers to the rest.
+    small_body_bytes: int = 64 * 2**10
     # Receive buffers of big bodies that nothing views any more, kept for the next bodies: filling
     # fresh memory costs a page fault per page, which for a model is about as much CPU as hashing
     # it (more on a VM). At most this many bytes are kept; 0 keeps none.
@@ -125,6 +130,8 @@ class ModelPlaneConfig:
         for name in ("chunk_bytes", "max_header_bytes", "max_body_bytes", "max_inbound", "max_outbound"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
+        if self.small_body_bytes < 0:
+            raise ValueError("small_body_bytes must be >= 0")
         if not 0 <= self.read_pause <= 0.1:  # a long pause would stall the sender's window
             raise ValueError("read_pause must be in [0, 0.1]")
         if self.buffer_pool_bytes < 0:
@@ -259,9 +266,10 @@ class ModelPlane:
         if size > cfg.max_body_bytes:
             raise MessageTooLarge(f"message of {size} bytes exceeds the {cfg.max_body_bytes}-byte cap")
         header = TransferHeader(kind, round_, size, codec_name).encode()
+        slot = self._outbound if size > cfg.small_body_bytes else contextlib.nullcontext()
         try:
             with trio.fail_after(cfg.transfer_timeout):
-                async with self._outbound:
+                async with slot:
                     await self._transfer(peer, header, segments)
         except trio.TooSlowError as exc:
             self._stats.transfers_failed += 1
