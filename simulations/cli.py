@@ -34,7 +34,12 @@ _SCENARIO_COMPATIBLE = {"scenario", "seed", "json_path", "csv_dir", "plots_dir",
 @click.option(
     "--topology", type=click.Choice(sorted(BUILDERS)), default=_DEFAULTS.topology, show_default=True
 )
-@click.option("--degree", default=4, show_default=True, help="Degree for random_regular, k for small_world.")
+@click.option(
+    "--degree",
+    default=4,
+    show_default=True,
+    help="Degree for random_regular, k for small_world (watts_strogatz).",
+)
 @click.option(
     "--p", "edge_p", default=0.1, show_default=True, help="Edge/rewire probability where it applies."
 )
@@ -112,6 +117,7 @@ def run(
         "random_regular": {"degree": degree},
         "erdos_renyi": {"p": edge_p},
         "small_world": {"k": degree, "p": edge_p},
+        "watts_strogatz": {"k": degree, "p": edge_p},  # small_world's other name
     }.get(topology, {})
     try:
         config = EmulationConfig(

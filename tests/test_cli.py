@@ -91,3 +91,12 @@ def test_sim_run_refuses_options_beside_a_scenario_file(tmp_path):
     scenario.write_text('name = "cli"\n')
     result = CliRunner().invoke(main, ["sim", "run", str(scenario), "--nodes", "8"])
     assert result.exit_code == 2 and "cannot be combined" in result.output
+
+
+def test_sim_run_gives_degree_and_p_to_watts_strogatz_as_to_its_alias_small_world(tmp_path):
+    for topology in ("small_world", "watts_strogatz"):
+        out = tmp_path / f"{topology}.json"
+        args = ["--nodes", "8", "--rounds", "1", "--degree", "6", "--p", "0.5", "--json", str(out)]
+        result = CliRunner().invoke(main, ["sim", "run", "--topology", topology, *args])
+        assert result.exit_code == 0, result.output
+        assert json.loads(out.read_text())["config"]["topology_params"] == {"k": 6, "p": 0.5}

@@ -727,6 +727,22 @@ def test_a_listen_address_that_cannot_be_bound_fails_the_open_naming_every_such_
     run(main)
 
 
+def test_a_port_another_node_listens_on_fails_the_open_instead_of_being_shared():
+    # py-libp2p listens with SO_REUSEPORT, so a second node given a running node's port bound it too
+    # and the kernel handed each inbound connection to either node: dials to the first one's peer ID
+    # then failed at random.
+    async def main():
+        async with node() as first:
+            port = multiaddr.Multiaddr(first.addrs[0]).value_for_protocol("tcp")
+            taken = f"/ip4/127.0.0.1/tcp/{port}"
+            with pytest.raises(ListenFailed) as failed:
+                async with node(listen=taken):
+                    pytest.fail("opened on a port another node listens on")
+            assert failed.value.addrs == [taken]
+
+    run(main)
+
+
 @pytest.mark.parametrize(
     "addr",
     ["/dns4/localhost/tcp/0", "/ip4/127.0.0.1/tcp/0/tls", "/ip4/127.0.0.1/tcp/0/ws", "/ip4/127.0.0.1/udp/0"],

@@ -11,8 +11,10 @@ event stream.
 
 from __future__ import annotations
 
+import errno
 import logging
 import random
+import socket
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from os import PathLike
@@ -288,6 +290,8 @@ async def open_libp2p_transport(
     )
     unbound: list[str] = []
     try:
+        if taken := _taken(listen_addrs):
+            raise ListenFailed(taken)
         async with host.run(listen_addrs):
             # Checked here and raised below, once `host.run` has exited: raised inside its nurseries,
             # the error would reach the caller wrapped in an ExceptionGroup.
@@ -327,6 +331,35 @@ async def open_libp2p_transport(
     finally:
         inbox.close()
         control_plane.close()
+
+
+def _taken(listen_addrs: Sequence[multiaddr.Multiaddr]) -> list[str]:
+    """The listen addresses with a fixed port that a socket of this machine listens on already.
+
+    py-libp2p listens with SO_REUSEPORT, as does every other node: a node given the port of a running
+    one would share it with it (the kernel handing each inbound connection to either of the two)
+    rather than fail. A bind without SO_REUSEPORT fails on a port any socket listens on, so one is
+    tried first. Two nodes started at the same instant can still both pass this check.
+    """
+    taken = []
+    for addr in listen_addrs:
+        port = int(addr.value_for_protocol("tcp"))
+        if port == 0:
+            continue
+        family, ip = (
+            (socket.AF_INET6, "ip6")
+            if "ip6" in [p.name for p in addr.protocols()]
+            else (socket.AF_INET, "ip4")
+        )
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            # As the listener itself: a port whose last connections are in TIME_WAIT is free.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((addr.value_for_protocol(ip), port))
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    taken.append(str(addr))
+    return taken
 
 
 def _unbound(host: IHost, listen_addrs: Sequence[multiaddr.Multiaddr]) -> list[str]:
