@@ -122,6 +122,8 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint | None:
     path = Path(path)
     if not path.exists():
         return None
+    if path.is_file() and not zipfile.is_zipfile(path):  # else np.load calls it pickled data
+        raise CheckpointError(f"checkpoint {path} is unreadable: not a zip of arrays (.npz)")
     try:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {name: npz[name] for name in npz.files}  # reads (and CRC-checks) every member

@@ -82,8 +82,9 @@ def test_a_truncated_file_is_a_clear_error(tmp_path):
 def test_garbage_is_a_clear_error(tmp_path):
     path = tmp_path / CHECKPOINT_FILE
     path.write_bytes(b"not a zip at all" * 10)
-    with pytest.raises(CheckpointError, match=f"checkpoint {path}"):
+    with pytest.raises(CheckpointError, match=f"checkpoint {path}") as refused:
         load_checkpoint(path)
+    assert "not a zip of arrays" in str(refused.value) and "pickle" not in str(refused.value)
 
 
 def test_a_flipped_byte_fails_the_zip_crc(tmp_path):
