@@ -114,6 +114,7 @@ class NodeHandle:
         self.checkpoint_writes = 0
         self.checkpoint_failures = 0
         self.checkpoint_skipped = 0  # diverged models not written
+        self._diverged_round: int | None = None  # the last round whose model was not written for that
         self.checkpoint_error: str | None = None
         self._last_finished = self.resumed_round  # the round before the one `round_finished` reports
         self._restored_info = dict(restored.info) if restored else {}
@@ -322,9 +323,10 @@ class NodeHandle:
 
     def _stop_checkpoint_due(self) -> bool:
         """Whether stopping must write a checkpoint: not once the protocol has ended with its last
-        round's checkpoint written, since nothing changes the model after the last round (a stop
-        after `exit_when_done` or `wait_done` wrote that model a second time)."""
-        return not (self.done and self.checkpoint_round == self.round)
+        round's checkpoint written, or refused as diverged, since nothing changes the model after
+        the last round (a stop after `exit_when_done` or `wait_done` wrote that model a second time,
+        or refused it again and counted it twice)."""
+        return not (self.done and self.round in (self.checkpoint_round, self._diverged_round))
 
     async def _write_checkpoints(self) -> None:
         """Write queued checkpoints in a worker thread; only the newest queued one is written."""
@@ -342,6 +344,7 @@ class NodeHandle:
             await trio.to_thread.run_sync(save_checkpoint, self.checkpoint_path, checkpoint)
         except DivergedModel as exc:
             self.checkpoint_skipped += 1
+            self._diverged_round = checkpoint.round
             self.checkpoint_error = f"{exc}"
             log.warning(
                 "diverged checkpoint not saved; keeping the last good one",

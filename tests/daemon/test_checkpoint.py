@@ -208,6 +208,19 @@ def test_the_daemon_counts_a_diverged_model_as_a_skipped_checkpoint_and_keeps_th
     assert load_checkpoint(tmp_path / CHECKPOINT_FILE).round == 4
 
 
+def test_a_stop_after_the_last_round_does_not_try_its_diverged_model_again(tmp_path):
+    config = node_config(tmp_path)
+    handle = NodeHandle(config, transport=None, learner=build_learner(config), restored=None)
+    handle.node = SimpleNamespace(history=[RoundRecord(5, 0.0, None, None, 0, 0)])
+    trio.run(handle._save, sample(4))
+    trio.run(handle._save, diverged(5))
+    assert handle._stop_checkpoint_due()  # the protocol runs on: the model may still change
+    handle._done.set()
+    assert not handle._stop_checkpoint_due()  # refused once as diverged, and it cannot change now
+    handle.node.history.append(RoundRecord(6, 1.0, None, None, 0, 0))
+    assert handle._stop_checkpoint_due()  # a later round than the refused one is written at stop
+
+
 @pytest.mark.parametrize("loss", [float("nan"), float("inf"), float("-inf")])
 def test_a_model_whose_evaluated_loss_is_not_finite_is_not_written(tmp_path, loss):
     path = tmp_path / CHECKPOINT_FILE
