@@ -83,13 +83,6 @@ class Transport(ABC):
         once, which costs no task per message (a task per message cost the 10,000-node D-PSGD
         emulation about 30% of its speed).
         """
-        if not self.send_may_block:
-            for peer in peers:
-                try:
-                    await self.send(peer, message)
-                except PeerUnreachable as exc:
-                    log_unreachable(message, peer, exc)
-            return
 
         async def send_one(peer: PeerId) -> None:
             try:
@@ -100,6 +93,10 @@ class Transport(ABC):
                 log.info("gave up sending %s to %s", type(message).__name__, peer)
                 raise
 
+        if not self.send_may_block:
+            for peer in peers:
+                await send_one(peer)
+            return
         async with trio.open_nursery() as nursery:
             for peer in peers:
                 nursery.start_soon(send_one, peer)
