@@ -111,9 +111,7 @@ class LearnerPool:
 
     def _new_row(self, flat: torch.Tensor) -> int:
         if self._used == len(self._rows):
-            grown = torch.empty(max(16, 2 * len(self._rows)), self.layout.numel)
-            grown[: self._used] = self._rows[: self._used]
-            self._rows = grown
+            self._rows = _grown(self._rows, max(16, 2 * len(self._rows)), self._used)
         self._rows[self._used] = flat
         self._used += 1
         return self._used - 1
@@ -193,6 +191,7 @@ class _Samples:
 
 
 def _grown(tensor: torch.Tensor, size: int, used: int) -> torch.Tensor:
+    """`tensor` in a new one of `size` rows, its first `used` rows copied (the rest uninitialised)."""
     grown = torch.empty(size, *tensor.shape[1:], dtype=tensor.dtype)
     grown[:used] = tensor[:used]
     return grown
