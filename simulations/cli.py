@@ -15,7 +15,7 @@ from simulations.report import ProgressBar, write_csv
 from simulations.results import EmulationResult
 from simulations.scenario import ScenarioResult, check_variants, load_scenario
 from simulations.task import Task
-from simulations.topology import BUILDERS
+from simulations.topology import BUILDERS, ErdosRenyi, RandomRegular, SmallWorld
 
 _DEFAULTS = EmulationConfig()
 
@@ -113,12 +113,11 @@ def run(
             progress=progress,
         )
         return
-    params = {
-        "random_regular": {"degree": degree},
-        "erdos_renyi": {"p": edge_p},
-        "small_world": {"k": degree, "p": edge_p},
-        "watts_strogatz": {"k": degree, "p": edge_p},  # small_world's other name
-    }.get(topology, {})
+    params = {  # by builder, so that a builder's other names (watts_strogatz) take them too
+        RandomRegular: {"degree": degree},
+        ErdosRenyi: {"p": edge_p},
+        SmallWorld: {"k": degree, "p": edge_p},
+    }.get(BUILDERS[topology], {})
     try:
         config = EmulationConfig(
             nodes=nodes,
