@@ -11,6 +11,7 @@ import logging
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import trio
 
@@ -41,6 +42,24 @@ class PeerDisconnected:
 
 
 Event = Received | PeerConnected | PeerDisconnected
+
+
+class EventChannel(Protocol):
+    """What `Transport.events` returns: trio's receive side, and `receive_nowait`.
+
+    `receive_nowait` lets a reader take every event already queued without a schedule point per
+    event (each one is a task switch, most of what reading a message costs an emulated node).
+    """
+
+    async def receive(self) -> Event:
+        """The next event; `trio.EndOfChannel` once the transport has closed and none are left."""
+
+    def receive_nowait(self) -> Event:
+        """The next event if one is queued, else `trio.WouldBlock` (or `trio.EndOfChannel`)."""
+
+    def __aiter__(self) -> EventChannel: ...
+
+    async def __anext__(self) -> Event: ...
 
 
 @dataclass(slots=True)
@@ -111,7 +130,7 @@ class Transport(ABC):
 
     @property
     @abstractmethod
-    def events(self) -> trio.abc.ReceiveChannel[Event]:
+    def events(self) -> EventChannel:
         """The stream of everything arriving at this peer, in arrival order."""
 
     def penalise(self, peer: PeerId, reason: str) -> None:  # noqa: B027 (optional, a no-op by default)

@@ -26,6 +26,7 @@ import trio
 from transport import codec
 from transport.base import (
     Event,
+    EventChannel,
     PeerConnected,
     PeerDisconnected,
     PeerId,
@@ -300,7 +301,7 @@ class MemoryTransport(Transport):
         return frozenset(self._links)
 
     @property
-    def events(self) -> trio.abc.ReceiveChannel[Event]:
+    def events(self) -> EventChannel:
         return self._events
 
     async def send(self, peer: PeerId, message: object) -> None:

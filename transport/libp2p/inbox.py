@@ -65,10 +65,10 @@ class Inbox(trio.abc.ReceiveChannel[Event]):
             slots.release()
 
     async def receive(self) -> Event:
-        event, slots = await self._receive.receive()
-        if slots is not None:
-            slots.release()
-        return event
+        return _released(await self._receive.receive())
+
+    def receive_nowait(self) -> Event:
+        return _released(self._receive.receive_nowait())
 
     def close(self) -> None:
         """No more events: the consumer gets what is queued, then `trio.EndOfChannel`."""
@@ -76,3 +76,11 @@ class Inbox(trio.abc.ReceiveChannel[Event]):
 
     async def aclose(self) -> None:
         await self._receive.aclose()
+
+
+def _released(queued: tuple[Event, Slots | None]) -> Event:
+    """The event of a queue entry, its inbox slot (if it took one) given back: it is read now."""
+    event, slots = queued
+    if slots is not None:
+        slots.release()
+    return event

@@ -28,7 +28,7 @@ from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
 from libp2p.peer.peerstore import PERMANENT_ADDR_TTL
 
 from transport import codec
-from transport.base import Event, PeerId, TrafficStats, Transport
+from transport.base import EventChannel, PeerId, TrafficStats, Transport
 from transport.body_codec import NO_COMPRESSION, BodyEncoder, CompressionConfig
 from transport.errors import PeerUnreachable
 from transport.libp2p.bans import Bans
@@ -84,7 +84,7 @@ class Libp2pTransport(Transport):
         return [str(addr) for addr in self.host.get_addrs()]
 
     @property
-    def events(self) -> trio.abc.ReceiveChannel[Event]:
+    def events(self) -> EventChannel:
         return self._inbox
 
     def peers(self) -> frozenset[PeerId]:
