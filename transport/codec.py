@@ -330,39 +330,48 @@ class _TensorHook:
         self._elements = 0
 
     def __call__(self, code: int, data: bytes | memoryview) -> np.ndarray:
-        if code == _IN_PLACE_EXT_CODE and self._in_place is not None:
+        if code != TENSOR_EXT_CODE:
+            if code != _IN_PLACE_EXT_CODE or self._in_place is None:
+                raise DecodeError(f"unknown msgpack ext type {code}")
             # Only the walk made exts of this code (it gives up on any other non-tensor ext).
             (index,) = _INDEX.unpack(data)
-            code, data = TENSOR_EXT_CODE, self._in_place[index]
-        if code != TENSOR_EXT_CODE:
-            raise DecodeError(f"unknown msgpack ext type {code}")
+            data = self._in_place[index]
+        limits = self._limits
         self._tensors += 1
-        if self._tensors > self._limits.max_tensors:
-            raise DecodeError(f"more than {self._limits.max_tensors} tensors in one message")
+        if self._tensors > limits.max_tensors:
+            raise DecodeError(f"more than {limits.max_tensors} tensors in one message")
         if len(data) < _HEADER_LEN.size:
             raise DecodeError("tensor ext too short for its header length")
         start = _HEADER_LEN.size + _HEADER_LEN.unpack_from(data)[0]
         if start > len(data):
             raise DecodeError("tensor header runs past the end of the tensor")
-        name, dtype, shape, largest = _tensor_header_fields(bytes(data[_HEADER_LEN.size : start]))
-        if largest > self._limits.max_elements:
+        header = _tensor_header_fields(bytes(data[_HEADER_LEN.size : start]))
+        if header.largest > limits.max_elements:
             raise DecodeError(
-                f"tensor shape {list(shape)!r} is not a list of non-negative ints within the cap"
+                f"tensor shape {list(header.shape)!r} is not a list of non-negative ints within the cap"
             )
-        count = math.prod(shape)
-        self._elements += count
-        if self._elements > self._limits.max_elements:
-            raise DecodeError(f"more than {self._limits.max_elements} tensor elements in one message")
-        if count * dtype.itemsize != len(data) - start:
-            raise DecodeError(
-                f"tensor {name}{list(shape)} needs {count * dtype.itemsize} bytes, has {len(data) - start}"
-            )
-        return np.frombuffer(data, dtype, count, offset=start).reshape(shape)
+        self._elements += header.count
+        if self._elements > limits.max_elements:
+            raise DecodeError(f"more than {limits.max_elements} tensor elements in one message")
+        body = len(data) - start
+        if header.nbytes != body:
+            needs = f"{header.name}{list(header.shape)} needs {header.nbytes} bytes"
+            raise DecodeError(f"tensor {needs}, has {body}")
+        return np.frombuffer(data, header.dtype, header.count, offset=start).reshape(header.shape)
+
+
+class _TensorHeader(typing.NamedTuple):
+    name: str
+    dtype: np.dtype
+    shape: tuple[int, ...]
+    largest: int  # the largest dimension
+    count: int  # elements
+    nbytes: int
 
 
 @lru_cache(maxsize=1024)
-def _tensor_header_fields(header: bytes) -> tuple[str, np.dtype, tuple[int, ...], int]:
-    """(dtype name, dtype, shape, largest dimension) of a tensor ext's header, or `DecodeError`.
+def _tensor_header_fields(header: bytes) -> _TensorHeader:
+    """What a tensor ext's header says, or `DecodeError`.
 
     Cached: a model's tensors arrive with the same few headers over and over, and a peer sending
     many distinct ones only churns a bounded cache (errors are never cached).
@@ -387,7 +396,8 @@ def _tensor_header_fields(header: bytes) -> tuple[str, np.dtype, tuple[int, ...]
         raise DecodeError(f"tensor dtype {name!r} is not allowed")
     if not all(type(d) is int and d >= 0 for d in shape):
         raise DecodeError(f"tensor shape {shape!r} is not a list of non-negative ints within the cap")
-    return name, dtype, tuple(shape), max(shape, default=0)
+    count = math.prod(shape)
+    return _TensorHeader(name, dtype, tuple(shape), max(shape, default=0), count, count * dtype.itemsize)
 
 
 # --- big messages: tensors viewed where they lie -------------------------------------------------
@@ -521,70 +531,130 @@ def _decode_message(raw: object, limits: Limits) -> object:
     return _build(reg.cls, values, tag, 1, limits)
 
 
-def _build(cls: type, values: list, path: str, depth: int, limits: Limits) -> object:
+def _build(cls: type, values: list, path: _Path, depth: int, limits: Limits) -> object:
     """An instance of dataclass `cls` from its wire fields; `depth` is that of the `values` array."""
-    fields = _fields(cls)
+    fields = _field_converters(cls)
     if len(values) != len(fields):
-        raise DecodeError(f"{path}: expected {len(fields)} fields, got {len(values)}")
+        raise DecodeError(f"{_text(path)}: expected {len(fields)} fields, got {len(values)}")
     kwargs = {
-        name: _convert(value, tp, f"{path}.{name}", depth, limits)
-        for (name, tp), value in zip(fields, values, strict=True)
+        name: convert(value, (path, segment), depth, limits)
+        for (name, segment, convert), value in zip(fields, values, strict=True)
     }
     try:
         return cls(**kwargs)
     except ValueError as exc:  # a __post_init__ refusing the content
-        raise DecodeError(f"{path}: {exc}") from exc
+        raise DecodeError(f"{_text(path)}: {exc}") from exc
 
 
-def _convert(value: object, tp: Any, path: str, depth: int, limits: Limits) -> object:
-    """`value` checked against annotation `tp` (and made a float/tuple/dataclass where it says so).
+# Where a value sits in a message, for error messages: the tag, or (parent path, segment) with a
+# segment ".field" or (key or index,). Formatted only when a value is refused (`_text`): formatting
+# the path of every value cost more than checking it.
+_Path = str | tuple
+# Checks a decoded value against one annotation and returns it (made a float, tuple or dataclass
+# where the annotation says so): (value, path, depth of the container holding it, limits).
+_Converter = Callable[[object, _Path, int, Limits], object]
 
-    `depth` is the nesting depth of the container holding `value`.
-    """
-    origin, args = _origin_and_args(tp)
-    if origin in (typing.Union, types.UnionType):  # X | None, the only union _check_annotation lets in
-        if value is None:
-            return None
-        return _convert(value, next(a for a in args if a is not type(None)), path, depth, limits)
-    if tp is float and type(value) is int:
-        return float(value)
-    if tp in _SCALARS or tp is np.ndarray:
-        if type(value) is not tp:  # exact: bool is no int, and msgpack makes nothing subclassed
-            raise DecodeError(f"{path}: expected {_name(tp)}, got {_kind(value)}")
-        return value
 
-    depth += 1  # everything below is an array or a map
-    if depth > limits.max_depth:
-        raise DecodeError(f"{path}: nested deeper than {limits.max_depth}")
-    if origin is dict:
-        if type(value) is not dict:
-            raise DecodeError(f"{path}: expected map, got {_kind(value)}")
-        key_tp, value_tp = args
-        result = {}
-        for key, item in value.items():
-            if type(key) is not key_tp:
-                raise DecodeError(f"{path}: expected {key_tp.__name__} keys, got {_kind(key)}")
-            result[key] = _convert(item, value_tp, f"{path}[{_short(key)}]", depth, limits)
-        return result
-    if type(value) is not list:
-        raise DecodeError(f"{path}: expected array, got {_kind(value)}")
-    if dataclasses.is_dataclass(tp):
-        return _build(tp, value, path, depth, limits)
-    if origin is list or (origin is tuple and len(args) == 2 and args[1] is Ellipsis):
-        items = [_convert(item, args[0], f"{path}[{i}]", depth, limits) for i, item in enumerate(value)]
-        return items if origin is list else tuple(items)
-    if origin is tuple:
-        if len(value) != len(args):
-            raise DecodeError(f"{path}: expected {len(args)} items, got {len(value)}")
-        pairs = enumerate(zip(value, args, strict=True))
-        return tuple(_convert(item, t, f"{path}[{i}]", depth, limits) for i, (item, t) in pairs)
-    raise TypeError(f"{path}: unsupported annotation {tp!r}")  # unreachable after _check_annotation
+def _text(path: _Path) -> str:
+    segments = []
+    while isinstance(path, tuple):
+        path, segment = path
+        segments.append(segment if isinstance(segment, str) else f"[{_short(segment[0])}]")
+    return path + "".join(reversed(segments))
 
 
 @cache
-def _origin_and_args(tp: Any) -> tuple[Any, tuple]:
-    """`typing.get_origin` and `get_args`, once per annotation: they are slow and asked per value."""
-    return typing.get_origin(tp), typing.get_args(tp)
+def _field_converters(cls: type) -> tuple[tuple[str, str, _Converter], ...]:
+    """(name, path segment, converter) of each wire field of dataclass `cls`."""
+    return tuple((name, f".{name}", _converter(tp)) for name, tp in _fields(cls))
+
+
+@cache
+def _converter(tp: Any) -> _Converter:
+    """The converter for annotation `tp`, made once: decoding then follows no `typing` introspection."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):  # X | None, the only union _check_annotation lets in
+        return _optional(_converter(next(a for a in args if a is not type(None))))
+    if tp in _SCALARS or tp is np.ndarray:
+        return _exactly(tp)
+    if dataclasses.is_dataclass(tp):
+        return _nested(lambda value, path, depth, limits: _build(tp, value, path, depth, limits), list)
+    if origin is dict:
+        return _nested(_map_of(*args), dict)
+    if origin is list or (origin is tuple and len(args) == 2 and args[1] is Ellipsis):
+        return _nested(_items_of(_converter(args[0]), origin), list)
+    if origin is tuple:
+        return _nested(_tuple_of(tuple(_converter(arg) for arg in args)), list)
+    raise TypeError(f"unsupported annotation {tp!r}")  # unreachable after _check_annotation
+
+
+def _optional(convert: _Converter) -> _Converter:
+    def optional(value: object, path: _Path, depth: int, limits: Limits) -> object:
+        return None if value is None else convert(value, path, depth, limits)
+
+    return optional
+
+
+def _exactly(tp: type) -> _Converter:
+    """A scalar or tensor of type `tp` exactly (bool is no int; msgpack makes nothing subclassed);
+    an int is also a float."""
+
+    def exactly(value: object, path: _Path, depth: int, limits: Limits) -> object:
+        if type(value) is tp:
+            return value
+        if tp is float and type(value) is int:
+            return float(value)
+        raise DecodeError(f"{_text(path)}: expected {_name(tp)}, got {_kind(value)}")
+
+    return exactly
+
+
+def _nested(convert: _Converter, wire_type: type) -> _Converter:
+    """`convert` for a value that travels as an array (`wire_type` list) or a map (dict), one level
+    deeper than its container."""
+    wire_name = "map" if wire_type is dict else "array"
+
+    def nested(value: object, path: _Path, depth: int, limits: Limits) -> object:
+        depth += 1
+        if depth > limits.max_depth:
+            raise DecodeError(f"{_text(path)}: nested deeper than {limits.max_depth}")
+        if type(value) is not wire_type:
+            raise DecodeError(f"{_text(path)}: expected {wire_name}, got {_kind(value)}")
+        return convert(value, path, depth, limits)
+
+    return nested
+
+
+def _map_of(key_type: type, value_type: Any) -> _Converter:
+    convert_item = _converter(value_type)
+
+    def map_of(value: dict, path: _Path, depth: int, limits: Limits) -> dict:
+        result = {}
+        for key, item in value.items():
+            if type(key) is not key_type:
+                raise DecodeError(f"{_text(path)}: expected {key_type.__name__} keys, got {_kind(key)}")
+            result[key] = convert_item(item, (path, (key,)), depth, limits)
+        return result
+
+    return map_of
+
+
+def _items_of(convert_item: _Converter, make: type) -> _Converter:
+    def items_of(value: list, path: _Path, depth: int, limits: Limits) -> list | tuple:
+        items = [convert_item(item, (path, (i,)), depth, limits) for i, item in enumerate(value)]
+        return items if make is list else tuple(items)
+
+    return items_of
+
+
+def _tuple_of(converters: tuple[_Converter, ...]) -> _Converter:
+    def tuple_of(value: list, path: _Path, depth: int, limits: Limits) -> tuple:
+        if len(value) != len(converters):
+            raise DecodeError(f"{_text(path)}: expected {len(converters)} items, got {len(value)}")
+        pairs = enumerate(zip(value, converters, strict=True))
+        return tuple(convert(item, (path, (i,)), depth, limits) for i, (item, convert) in pairs)
+
+    return tuple_of
 
 
 def _name(tp: type) -> str:
