@@ -61,7 +61,10 @@ class Node:
 
     `local_steps` is how many SGD steps each round trains (None: one epoch of local data);
     `evaluate_every` sets how often (in rounds) the model is tested, 0 for never; a round that
-    skipped past a multiple of it is tested too (`round_due`).
+    skipped past a multiple of it is tested too (`round_due`). `resumed_round` is the round the
+    learner's model comes from when the node resumes a run (a daemon restored from its checkpoint
+    after round k passes k): without it the first round recorded would count as one that skipped
+    past every multiple since round 0, and be tested off schedule.
 
     `attack` turns the node Byzantine, for experiments: every model it sends is crafted by the
     attack from its own model and the models it last received (what a real attacker in its place
@@ -81,7 +84,10 @@ class Node:
         observer: RoundObserver | None = None,
         attack: ModelPoisoning | None = None,
         attack_seed: int = 0,
+        resumed_round: int = 0,
     ) -> None:
+        if resumed_round < 0:
+            raise ValueError(f"resumed_round must be >= 0, got {resumed_round}")
         if local_steps is not None and local_steps < 1:
             raise ValueError(f"local_steps must be >= 1 or None, got {local_steps}")
         if evaluate_every < 0:
@@ -99,6 +105,7 @@ class Node:
         self._last_received: list[ModelState] = []
         self.history: list[RoundRecord] = []
         self.models_rejected = 0
+        self.resumed_round = resumed_round
 
     @property
     def peer_id(self) -> PeerId:
@@ -113,7 +120,7 @@ class Node:
         accuracy = next((r.accuracy for r in reversed(self.history) if r.accuracy is not None), None)
         return NodeStatus(
             peer_id=self.peer_id,
-            round=last.round if last else 0,
+            round=last.round if last else self.resumed_round,
             accuracy=accuracy,
             peers=tuple(sorted(self.transport.peers())),
             bytes_in=self.transport.stats.bytes_received,
@@ -196,7 +203,7 @@ class _NodeLearning(Learning):
     async def finish_round(self, round: int) -> None:
         node = self._node
         accuracy = loss = None
-        previous = node.history[-1].round if node.history else 0
+        previous = node.history[-1].round if node.history else node.resumed_round
         every = node.evaluate_every
         if every and round_due(round, previous, every) and node.learner.has_test_data:
             evaluation = node.learner.evaluate()

@@ -229,6 +229,7 @@ class NodeHandle:
             evaluate_every=config.training.evaluate_every,
             compute=ThreadCompute(),
             observer=self,
+            resumed_round=self.resumed_round,
         )
         self.state = "running"
         log.info("protocol started", extra={"protocol": config.protocol.name, "round": self.started_round})
