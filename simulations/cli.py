@@ -219,8 +219,8 @@ def _run_scenario(
         raise click.UsageError(str(exc)) from exc
     try:
         tasks = check_variants(scenario)
-    except ConfigError as exc:
-        raise click.UsageError(f"{path}: {exc}") from exc
+    except ConfigError as exc:  # one line per variant that failed
+        raise click.UsageError("\n".join(f"{path}: {line}" for line in str(exc).splitlines())) from exc
     _prepare_outputs(*outputs)
     click.echo(f"scenario {scenario.name}: {len(scenario.variants)} variant(s)")
     result = ScenarioResult(

@@ -82,15 +82,17 @@ def load_scenario(path: str | Path, *, seed: int | None = None) -> Scenario:
     if spec.target_accuracy is not None and not 0 <= spec.target_accuracy <= 1:
         raise ConfigError(f"{path}: target_accuracy must be in [0, 1], got {spec.target_accuracy}")
     raw_variants = spec.variants or [{"name": "default"}]
-    variants, names = [], set()
+    variants, names, problems = [], set(), []
     for index, raw in enumerate(raw_variants):
         fields = dict(raw)
         name = fields.pop("name", None)
         where = f"{path}: variants[{index}]"
         if not isinstance(name, str) or not name:
-            raise ConfigError(f"{where}.name: every variant needs a non-empty string name")
+            problems.append(f"{where}.name: every variant needs a non-empty string name")
+            continue
         if name in names:
-            raise ConfigError(f"{where}.name: duplicate variant name {name!r}")
+            problems.append(f"{where}.name: duplicate variant name {name!r}")
+            continue
         names.add(name)
         merged = {**spec.base, **fields, **({"seed": seed} if seed is not None else {})}
         if isinstance(merged.get("topology_file"), str):  # relative to the scenario, not the shell
@@ -100,10 +102,12 @@ def load_scenario(path: str | Path, *, seed: int | None = None) -> Scenario:
             config = _CONFIG.validate_python(merged)
             check_topology_size(config)
         except ValidationError as exc:
-            raise ConfigError(f"{where} ({name}): {_describe(exc)}") from exc
+            problems.append(f"{where} ({name}): {_describe(exc)}")
         except ConfigError as exc:
-            raise ConfigError(f"{where} ({name}): {exc}") from exc
-        variants.append(Variant(name, config))
+            problems.append(f"{where} ({name}): {exc}")
+        else:
+            variants.append(Variant(name, config))
+    _raise_all(problems)
     return Scenario(spec.name, spec.description, spec.target_accuracy, tuple(variants))
 
 
@@ -136,13 +140,14 @@ def check_variants(scenario: Scenario) -> dict[str, Task]:
     Returns each variant's task, made for the check, for its run to use: making one can take
     seconds (digits_transfer pre-trains its extractor).
     """
-    tasks = {}
+    tasks, problems = {}, []
     for index, variant in enumerate(scenario.variants):
         try:
             tasks[variant.name] = make_task(variant.config)
             check_run(variant.config, task=tasks[variant.name])
         except ConfigError as exc:
-            raise ConfigError(f"variants[{index}] ({variant.name}): {exc}") from exc
+            problems.append(f"variants[{index}] ({variant.name}): {exc}")
+    _raise_all(problems)
     return tasks
 
 
@@ -152,6 +157,13 @@ def run_scenario(scenario: Scenario) -> ScenarioResult:
     return ScenarioResult(
         scenario, {v.name: run_emulation(v.config, task=tasks[v.name]) for v in scenario.variants}
     )
+
+
+def _raise_all(problems: list[str]) -> None:
+    """One `ConfigError` for every variant that is wrong, one per line, so that a file with several
+    mistakes is fixed in one go rather than one run at a time."""
+    if problems:
+        raise ConfigError("\n".join(problems))
 
 
 def _check_types(fields: dict[str, Any]) -> None:

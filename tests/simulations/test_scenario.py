@@ -2,7 +2,7 @@ import pytest
 
 from p2pfl.errors import ConfigError
 from simulations import scenario as scenario_module
-from simulations.scenario import load_scenario, run_scenario
+from simulations.scenario import check_variants, load_scenario, run_scenario
 
 SMALL = """
 name = "small"
@@ -103,6 +103,23 @@ def test_a_relative_topology_file_is_found_beside_the_scenario(tmp_path, monkeyp
     assert variant.config.topology_file == str(tmp_path / "graphs" / "ring.edgelist")
 
 
+def test_every_bad_variant_is_reported_at_once(tmp_path):
+    text = (
+        'name = "x"\n[base]\nnodes = 8\n'
+        '[[variants]]\nname = "slow"\nlr = -1.0\n'
+        '[[variants]]\nname = "fine"\n'
+        '[[variants]]\nname = "typo"\nroundz = 3\n'
+        '[[variants]]\nname = "fine"\n'
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_scenario(write(tmp_path, text))
+    lines = str(caught.value).splitlines()
+    assert len(lines) == 3
+    assert lines[0].endswith("variants[0] (slow): lr must be > 0 and finite, got -1.0")
+    assert "variants[2] (typo): roundz" in lines[1]
+    assert lines[2].endswith("variants[3].name: duplicate variant name 'fine'")
+
+
 def test_run_scenario_checks_every_variant_before_running_any(tmp_path, monkeypatch):
     ran = []
     monkeypatch.setattr(scenario_module, "run_emulation", lambda config: ran.append(config))
@@ -114,3 +131,18 @@ def test_run_scenario_checks_every_variant_before_running_any(tmp_path, monkeypa
     with pytest.raises(ConfigError, match=r"variants\[1\] \(bad\): churn at round 2: nodes \[1\] are not"):
         run_scenario(load_scenario(write(tmp_path, text)))
     assert ran == []
+
+
+def test_every_variant_that_fails_its_run_check_is_reported_at_once(tmp_path):
+    text = (
+        'name = "x"\n[base]\nnodes = 4\nrounds = 2\ntopology = "ring"\n'
+        '[[variants]]\nname = "crash_twice"\nchurn = [{ round = 1, action = "crash", nodes = [1] },'
+        ' { round = 2, action = "crash", nodes = [1] }]\n'
+        '[[variants]]\nname = "good"\n'
+        '[[variants]]\nname = "big_sample"\nprotocol = "modest"\nprotocol_params = { s = 9 }\n'
+    )
+    with pytest.raises(ConfigError) as caught:
+        check_variants(load_scenario(write(tmp_path, text)))
+    lines = str(caught.value).splitlines()
+    assert [line.split(":")[0] for line in lines] == ["variants[0] (crash_twice)", "variants[2] (big_sample)"]
+    assert "s=9 exceeds the 4 nodes" in lines[1]
