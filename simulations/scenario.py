@@ -67,6 +67,28 @@ class Scenario:
 
 def load_scenario(path: str | Path, *, seed: int | None = None) -> Scenario:
     """Read and validate a scenario file; `seed` overrides every variant's seed."""
+    spec, path = _read(path)
+    loaded, problems = _variants(spec, path, seed)
+    _raise_all(problems)
+    return _scenario(spec, loaded)
+
+
+def check_scenario(path: str | Path, *, seed: int | None = None) -> tuple[Scenario, dict[str, Task]]:
+    """`load_scenario` and `check_variants` at once, for a file that may hold several mistakes.
+
+    Variants whose fields are valid get the run checks even when others' fields are not, so one
+    `ConfigError` lists every mistake of every variant (a line each, naming the file) in the order
+    of the file. Otherwise returns the scenario with each variant's task.
+    """
+    spec, path = _read(path)
+    loaded, problems = _variants(spec, path, seed)
+    tasks, late = _run_checks(loaded)
+    _raise_all(sorted([*problems, *((index, f"{path}: {message}") for index, message in late)]))
+    return _scenario(spec, loaded), tasks
+
+
+def _read(path: str | Path) -> tuple[_ScenarioFile, Path]:
+    """The file's top level, validated; errors in it (TOML syntax, an unknown key) come at once."""
     path = Path(path)
     try:
         document = tomllib.loads(path.read_text())
@@ -81,6 +103,17 @@ def load_scenario(path: str | Path, *, seed: int | None = None) -> Scenario:
         raise ConfigError(f"{path}: {exc}") from exc
     if spec.target_accuracy is not None and not 0 <= spec.target_accuracy <= 1:
         raise ConfigError(f"{path}: target_accuracy must be in [0, 1], got {spec.target_accuracy}")
+    return spec, path
+
+
+# (index of the variant in the file, what is wrong with it)
+_Problem = tuple[int, str]
+
+
+def _variants(
+    spec: _ScenarioFile, path: Path, seed: int | None
+) -> tuple[list[tuple[int, Variant]], list[_Problem]]:
+    """The variants whose fields are valid, each with its index in the file, and the others' problems."""
     raw_variants = spec.variants or [{"name": "default"}]
     variants, names, problems = [], set(), []
     for index, raw in enumerate(raw_variants):
@@ -88,10 +121,10 @@ def load_scenario(path: str | Path, *, seed: int | None = None) -> Scenario:
         name = fields.pop("name", None)
         where = f"{path}: variants[{index}]"
         if not isinstance(name, str) or not name:
-            problems.append(f"{where}.name: every variant needs a non-empty string name")
+            problems.append((index, f"{where}.name: every variant needs a non-empty string name"))
             continue
         if name in names:
-            problems.append(f"{where}.name: duplicate variant name {name!r}")
+            problems.append((index, f"{where}.name: duplicate variant name {name!r}"))
             continue
         names.add(name)
         merged = {**spec.base, **fields, **({"seed": seed} if seed is not None else {})}
@@ -102,13 +135,17 @@ def load_scenario(path: str | Path, *, seed: int | None = None) -> Scenario:
             config = _CONFIG.validate_python(merged)
             check_topology_size(config)
         except ValidationError as exc:
-            problems.append(f"{where} ({name}): {_describe(exc)}")
+            problems.append((index, f"{where} ({name}): {_describe(exc)}"))
         except ConfigError as exc:
-            problems.append(f"{where} ({name}): {exc}")
+            problems.append((index, f"{where} ({name}): {exc}"))
         else:
-            variants.append(Variant(name, config))
-    _raise_all(problems)
-    return Scenario(spec.name, spec.description, spec.target_accuracy, tuple(variants))
+            variants.append((index, Variant(name, config)))
+    return variants, problems
+
+
+def _scenario(spec: _ScenarioFile, loaded: list[tuple[int, Variant]]) -> Scenario:
+    variants = tuple(variant for _, variant in loaded)
+    return Scenario(spec.name, spec.description, spec.target_accuracy, variants)
 
 
 @dataclass(frozen=True)
@@ -140,15 +177,21 @@ def check_variants(scenario: Scenario) -> dict[str, Task]:
     Returns each variant's task, made for the check, for its run to use: making one can take
     seconds (digits_transfer pre-trains its extractor).
     """
+    tasks, problems = _run_checks(list(enumerate(scenario.variants)))
+    _raise_all(problems)
+    return tasks
+
+
+def _run_checks(variants: list[tuple[int, Variant]]) -> tuple[dict[str, Task], list[_Problem]]:
+    """Each variant's task, made and given `check_run`, and the problems of those that fail it."""
     tasks, problems = {}, []
-    for index, variant in enumerate(scenario.variants):
+    for index, variant in variants:
         try:
             tasks[variant.name] = make_task(variant.config)
             check_run(variant.config, task=tasks[variant.name])
         except ConfigError as exc:
-            problems.append(f"variants[{index}] ({variant.name}): {exc}")
-    _raise_all(problems)
-    return tasks
+            problems.append((index, f"variants[{index}] ({variant.name}): {exc}"))
+    return tasks, problems
 
 
 def run_scenario(scenario: Scenario) -> ScenarioResult:
@@ -159,11 +202,11 @@ def run_scenario(scenario: Scenario) -> ScenarioResult:
     )
 
 
-def _raise_all(problems: list[str]) -> None:
-    """One `ConfigError` for every variant that is wrong, one per line, so that a file with several
+def _raise_all(problems: list[_Problem]) -> None:
+    """One `ConfigError` for every variant that is wrong, a line each, so that a file with several
     mistakes is fixed in one go rather than one run at a time."""
     if problems:
-        raise ConfigError("\n".join(problems))
+        raise ConfigError("\n".join(message for _, message in problems))
 
 
 def _check_types(fields: dict[str, Any]) -> None:

@@ -100,3 +100,30 @@ def test_sim_run_gives_degree_and_p_to_watts_strogatz_as_to_its_alias_small_worl
         result = CliRunner().invoke(main, ["sim", "run", "--topology", topology, *args])
         assert result.exit_code == 0, result.output
         assert json.loads(out.read_text())["config"]["topology_params"] == {"k": 6, "p": 0.5}
+
+
+def test_sim_check_validates_files_without_running_them(tmp_path):
+    good = tmp_path / "good.toml"
+    good.write_text('name = "good"\n[base]\nnodes = 6\nrounds = 3\ntopology = "ring"\n')
+    late = tmp_path / "late.toml"
+    late.write_text(
+        'name = "late"\n[base]\nnodes = 6\nrounds = 3\ntopology = "ring"\n[[variants]]\nname = "ok"\n'
+        '[[variants]]\nname = "twice"\nchurn = [{ round = 1, action = "crash", nodes = [1] },'
+        ' { round = 2, action = "crash", nodes = [1] }]\n'
+        '[[variants]]\nname = "never"\nchurn = [{ round = 9, action = "crash", nodes = [1] }]\n'
+    )
+    typo = tmp_path / "typo.toml"
+    typo.write_text('name = "typo"\n[base]\nnodez = 6\n')
+    runner = CliRunner()
+    result = runner.invoke(main, ["sim", "check", str(good), str(late), str(typo)])
+    assert result.exit_code == 1
+    assert result.stdout == f"{good}: ok, 1 variant(s): default\n"
+    errors = result.stderr.splitlines()
+    assert errors[0] == f"{late}: variants[1] (twice): churn at round 2: nodes [1] are not running then"
+    assert errors[1].startswith(f"{late}: variants[2] (never): churn at round 9")
+    assert errors[2].startswith(f"{typo}: variants[0] (default): nodez")
+    assert errors[3] == "2 of 3 scenario file(s) invalid"
+    assert "final mean accuracy" not in result.output  # nothing ran
+
+    result = runner.invoke(main, ["sim", "check", str(good), "--seed", "3"])
+    assert result.exit_code == 0 and result.stderr == ""
