@@ -19,6 +19,7 @@ from p2pfl.aggregation.registry import AGGREGATORS, build_aggregator
 from p2pfl.attacks import Attack, build_attack
 from p2pfl.attacks.registry import ATTACKS
 from p2pfl.errors import ConfigError
+from p2pfl.registry import import_attribute, is_import_name
 from simulations.churn import ChurnEvent
 from simulations.field_types import check_types
 from simulations.synthetic import GaussianMixture, synthetic_task
@@ -241,10 +242,12 @@ def check_aggregation(config: EmulationConfig) -> None:
     """The rule's name, and its params by building it once (bristle: `check_transfer`)."""
     if config.aggregation == "bristle":
         return
-    if config.aggregation not in AGGREGATORS:
+    if is_import_name(config.aggregation):
+        import_attribute("aggregation", config.aggregation)  # a rule of one's own
+    elif config.aggregation not in AGGREGATORS:
         raise ConfigError(
             f"aggregation: unknown rule {config.aggregation!r}; "
-            f"choose one of {sorted([*AGGREGATORS, 'bristle'])}"
+            f"choose one of {sorted([*AGGREGATORS, 'bristle'])}, or module:attribute for your own"
         )
     try:
         build_aggregator(config.aggregation, **config.aggregation_params)
@@ -320,7 +323,9 @@ def make_attack(config: EmulationConfig) -> Attack:
                 f"attack_params: label_flip num_classes must be the task's {classes} classes, "
                 f"got {params['num_classes']!r}"
             )
-    if config.attack not in ATTACKS:
+    if is_import_name(config.attack or ""):
+        import_attribute("attack", config.attack)  # an attack of one's own
+    elif config.attack not in ATTACKS:
         return build_attack(config.attack or "", **params)  # raises "attack: unknown attack ..."
     try:
         return build_attack(config.attack, **params)

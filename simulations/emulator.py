@@ -51,7 +51,13 @@ from simulations.config import (
     protocol_params,
 )
 from simulations.learner_pool import LearnerPool, poolable
-from simulations.results import ConsensusTracker, EmulationResult, summarise_nodes, summarise_rounds
+from simulations.results import (
+    ConsensusTracker,
+    EmulationResult,
+    summarise_nodes,
+    summarise_rounds,
+    topology_source,
+)
 from simulations.seeds import derive_seed
 from simulations.task import Task
 from simulations.topology import build_topology, check_size, load_topology, node_order, topology
@@ -85,6 +91,7 @@ def run_emulation(
     config = config or EmulationConfig()
     task = task or make_task(config)
     check_run(config, task=task, graph=graph)  # a named topology's graph has no attributes to check
+    topology = topology_source(config, graph)
     if graph is None:
         graph = _graph(config, 0)
     absent, plan = _plan_churn(config)
@@ -108,6 +115,7 @@ def run_emulation(
         node_rounds=sum(len(node.history) for node in emulation.nodes),
         peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # KiB on Linux
         graph=nx.relabel_nodes(graph, {label: i for i, label in enumerate(emulation.labels)}),
+        topology=topology,
     )
 
 

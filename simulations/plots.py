@@ -18,7 +18,7 @@ from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 
 from simulations.report import STATES, node_states, states_by_label, topology_of, variants_of
-from simulations.results import EmulationResult, RoundSummary
+from simulations.results import EmulationResult, RoundSummary, topology_source
 from simulations.scenario import ScenarioResult
 
 STATE_COLOURS = {
@@ -171,7 +171,7 @@ def write_plots(result: ScenarioResult | EmulationResult, directory: str | Path)
         while filename in used:  # the numbered name may be another variant's too: "a_b-3" before "a/b"
             filename, number = f"{stem}-{number}", number + 1
         used.add(filename)
-        source = Path(run.config.topology_file).name if run.config.topology_file else run.config.topology
+        source = run.topology or topology_source(run.config)
         title = f"{name}: {source}, {graph.number_of_nodes()} nodes, final states"
         paths.append(
             plot_topology(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import networkx as nx
@@ -69,6 +70,8 @@ class EmulationResult:
     peak_rss_mib: float = 0.0  # of the whole process, at the end of the run
     # The topology the run started on, labelled by node index (not in the JSON).
     graph: nx.Graph | None = field(default=None, compare=False, repr=False)
+    # Where that graph came from (`topology_source`); None for a result built by hand.
+    topology: str | None = None
 
     @property
     def final_mean_accuracy(self) -> float | None:
@@ -108,11 +111,22 @@ class EmulationResult:
             "rounds_reached": self.rounds_reached,
             "evaluated_rounds": len(self.rounds),
             "stalled": self.stalled,
+            "topology": self.topology,
             "rounds": [asdict(r) for r in self.rounds],
             "nodes": [asdict(n) for n in self.nodes],
             "churn": [asdict(e) for e in self.churn],
             "config": asdict(self.config),
         }
+
+
+def topology_source(config: EmulationConfig, graph: nx.Graph | None = None) -> str:
+    """What a run's graph is, for reports: a caller's `graph` (which overrides the config's topology),
+    the config's graph file by name, or its named topology."""
+    if graph is not None:
+        return f"caller's graph {graph.name!r}" if graph.name else "caller's graph"
+    if config.topology_file is not None:
+        return Path(config.topology_file).name
+    return config.topology
 
 
 class ConsensusTracker:

@@ -461,3 +461,22 @@ def test_cli_creates_no_output_folder_for_settings_it_refuses(tmp_path):
     out = CliRunner().invoke(main, ["sim", "run", str(bad), "--plots", str(plots_dir)])
     assert out.exit_code == 2 and "rounds must be >= 1" in out.output
     assert not plots_dir.exists()
+
+
+def test_reports_name_the_graph_a_run_was_given_not_the_configs_topology(tmp_path, monkeypatch):
+    titles = []
+    monkeypatch.setattr(
+        plots, "plot_topology", lambda graph, states, path, *, seed, title: titles.append(title)
+    )
+    config = EmulationConfig(nodes=6, rounds=1, local_steps=1)  # topology: random_regular
+    named = run_emulation(config, graph=nx.cycle_graph(6))
+    assert config.topology == "random_regular"
+    assert named.topology == "caller's graph"
+    lab = nx.barbell_graph(3, 0)
+    lab.name = "lab"
+    assert run_emulation(config, graph=lab).topology == "caller's graph 'lab'"
+    own = run_emulation(dataclasses.replace(config, topology="ring", topology_params={}))
+    assert own.topology == "ring" and own.to_json()["topology"] == "ring"
+    assert named.to_json()["topology"] == "caller's graph"
+    write_plots(named, tmp_path)
+    assert titles == ["default: caller's graph, 6 nodes, final states"]
