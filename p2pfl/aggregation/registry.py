@@ -59,5 +59,6 @@ AGGREGATORS["vca"] = _vca
 
 
 def build_aggregator(name: str, **params: object) -> Aggregator:
-    """The rule called `name`, built with its own keyword parameters; `ConfigError` names what is wrong."""
-    return build_named("aggregation", "rule", AGGREGATORS, name, params)
+    """The rule called `name` (or your own, `module:attribute`: see `p2pfl.registry`), built with its own
+    keyword parameters; `ConfigError` names what is wrong."""
+    return build_named("aggregation", "rule", AGGREGATORS, name, params, expected=Aggregator)

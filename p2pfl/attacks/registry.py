@@ -37,4 +37,4 @@ def build_attack(name: str, **params: object) -> Attack:
     `label_flip` gives a `LabelFlip` (data poisoning, applied to the training data with its `apply`);
     every other name gives a `ModelPoisoning`. `ConfigError` names the attack and what is wrong.
     """
-    return build_named("attack", "attack", ATTACKS, name, params)
+    return build_named("attack", "attack", ATTACKS, name, params, expected=(ModelPoisoning, LabelFlip))

@@ -70,6 +70,7 @@ def test_the_shard_index_seeds_batches_and_peer_choice_unless_given(tmp_path):
         ({"listen": ["/ip4/127.0.0.1/udp/4001"]}, "listen.0: '/ip4/127.0.0.1/udp/4001': only /ip4/"),
         ({"status": {"port": 70000}}, "status.port:"),
         ({"aggregation": {"name": "mean"}}, "aggregation: aggregation: unknown rule 'mean'"),
+        ({"aggregation": {"name": "no_such_module:Rule"}}, "aggregation: aggregation: cannot import"),
         (
             {"aggregation": {"name": "trimmed_mean", "params": {"bogus": 1}}},
             "aggregation: aggregation 'trimmed_mean'",

@@ -174,6 +174,8 @@ BAD = [
     # Byzantine nodes
     ("attack", "attack = []", "attack must be a string, got []"),
     ("attack", 'attack = "nuke"', "attack: unknown attack 'nuke'; choose one of"),
+    ("attack", 'attack = "no_such_module:Nuke"', "attack: cannot import 'no_such_module'"),
+    ("attack", 'attack = "math:pi"', "attack: 'math:pi' is not a class or function to build with"),
     ("attack_params", "attack_params = 1", "attack_params: Input should be a valid dictionary"),
     ("attack_params", "attack_params = { colour = 1 }", "unexpected keyword argument 'colour'"),
     ("attack_params", "attack_params = { scale = -1 }", "attack_params: attack 'sign_flip': SignFlip scale"),
@@ -183,6 +185,12 @@ BAD = [
     ("aggregation", "aggregation = 3", "aggregation must be a string, got 3"),
     ("aggregation", 'aggregation = "mean"', "aggregation: unknown rule 'mean'; choose one of ['bristle',"),
     ("aggregation", 'aggregation = "bristle"', "aggregation 'bristle' needs task 'digits_transfer'"),
+    ("aggregation", 'aggregation = "no_such_module:Rule"', "aggregation: cannot import 'no_such_module'"),
+    (
+        "aggregation",
+        'aggregation = "collections:OrderedDict"\naggregation_params = {}',
+        "'collections:OrderedDict': built an object of type OrderedDict, not a p2pfl.aggregation.base.",
+    ),
     ("aggregation_params", "aggregation_params = 0.5", "aggregation_params: Input should be a valid dict"),
     ("aggregation_params", "aggregation_params = { colour = 1 }", "unexpected keyword argument 'colour'"),
     ("aggregation_params", "aggregation_params = { f = -1 }", "trimmed_mean f must be an integer >= 0"),
