@@ -115,3 +115,24 @@ def test_unknown_names_say_that_ones_own_can_be_named():
         ConfigError, match=r"unknown rule 'fedavgg'; choose one of \[.*\], or module:attribute"
     ):
         build_aggregator("fedavgg")
+
+
+def test_a_node_config_takes_a_rule_of_ones_own(own_parts, tmp_path):
+    from p2pfl.daemon.config import parse_config
+
+    def config(params):
+        return parse_config(
+            {
+                "data_dir": str(tmp_path / "node"),
+                "protocol": {"name": "gossip", "rounds": 3},
+                "aggregation": {"name": "own_parts:KeepOwn", "params": params},
+            }
+        )
+
+    aggregation = config({"factor": 0.5}).aggregation
+    rule = build_aggregator(aggregation.name, **aggregation.params)
+    assert type(rule).__name__ == "KeepOwn" and rule.factor == 0.5
+    with pytest.raises(
+        ConfigError, match=r"aggregation: aggregation 'own_parts:KeepOwn': factor must be > 0"
+    ):
+        config({"factor": -1})
