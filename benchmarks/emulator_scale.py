@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -233,7 +234,7 @@ def _table(results: list[dict], *, header: bool = True) -> str:
 
 def _medians(results: list[dict]) -> list[dict]:
     """Per case, the run with the median run time (the faster middle one of an even count), its
-    ratio replaced by the median ratio (the lower middle one)."""
+    ratio replaced by the median of the ratios (the mean of the middle two of an even count)."""
     cases: dict[tuple[str, int], list[dict]] = {}
     for r in results:
         if "error" not in r:
@@ -241,8 +242,8 @@ def _medians(results: list[dict]) -> list[dict]:
     medians = []
     for runs in cases.values():
         middle = dict(sorted(runs, key=lambda r: r["run_s"])[(len(runs) - 1) // 2])
-        ratios = sorted(r["x_base"] for r in runs if r.get("x_base"))
-        middle["x_base"] = ratios[(len(ratios) - 1) // 2] if ratios else None
+        ratios = [r["x_base"] for r in runs if r.get("x_base")]
+        middle["x_base"] = statistics.median(ratios) if ratios else None
         medians.append(middle)
     return medians
 
@@ -309,7 +310,7 @@ def main() -> None:
     if args.repeats > 1:
         print(
             f"medians of {args.repeats} runs (the run with the median run time, the faster middle one"
-            " of an even count; x base: the median ratio, likewise)"
+            " of an even count; x base: the median of the ratios)"
         )
     print(_table(_medians(results)))
     if args.json:
