@@ -72,6 +72,9 @@ async def send_to_each(
     if trio.current_time() >= deadline:
         log.info("%s not sent: it was ready only after its deadline", what)
         return
+    if not transport.send_may_block:  # no time passes in sends that never block: no deadline to set
+        await transport.send_each(peers, message)
+        return
     with trio.move_on_at(deadline) as scope:
         await transport.send_each(peers, message)
     if scope.cancelled_caught:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from p2pfl.aggregation.base import Aggregator, Contribution, stack
+import torch
+
+from p2pfl.aggregation.base import Aggregator, Contribution
 from p2pfl.model_state import ModelState
 
 
@@ -24,7 +26,8 @@ class FedAvg(Aggregator):
         total = sum(weights)
         if not (total > 0 and min(weights) >= 0):
             raise ValueError("FedAvg weights must be non-negative with a positive sum")
-        # The total from Python, not a tensor sum: emulations merge once per node and round, and
-        # every small tensor op counts there.
-        matrix, weight_vector = stack(contributions)
-        return own.state.with_flat((weight_vector / total) @ matrix)
+        # The coefficients from Python, not tensor ops: emulations merge once per node and round,
+        # and every small tensor op counts there.
+        matrix = torch.stack([c.state.flat for c in contributions])
+        coefficients = torch.tensor([w / total for w in weights], dtype=matrix.dtype, device=matrix.device)
+        return own.state.with_flat(coefficients @ matrix)
