@@ -13,7 +13,7 @@ from simulations.config import EmulationConfig, check_topology_size, make_task
 from simulations.emulator import check_run, run_emulation
 from simulations.report import ProgressBar, write_csv
 from simulations.results import EmulationResult
-from simulations.scenario import ScenarioResult, check_scenario
+from simulations.scenario import ScenarioResult, check_scenario, run_in_processes
 from simulations.task import Task
 from simulations.topology import BUILDERS, ErdosRenyi, RandomRegular, SmallWorld
 
@@ -25,7 +25,7 @@ def sim() -> None:
     """Emulate a network of nodes in virtual time."""
 
 
-_SCENARIO_COMPATIBLE = {"scenario", "seed", "json_path", "csv_dir", "plots_dir", "progress"}
+_SCENARIO_COMPATIBLE = {"scenario", "seed", "json_path", "csv_dir", "plots_dir", "progress", "jobs"}
 
 
 @sim.command()
@@ -74,6 +74,15 @@ _SCENARIO_COMPATIBLE = {"scenario", "seed", "json_path", "csv_dir", "plots_dir",
 @click.option(
     "--progress/--no-progress", default=None, help="Show a progress bar [default: on a terminal only]."
 )
+@click.option(
+    "--jobs",
+    "-j",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="With a scenario file: run up to this many variants at once, each in a process of its own "
+    "(one core each; same results).",
+)
 @click.pass_context
 def run(
     ctx: click.Context,
@@ -92,11 +101,12 @@ def run(
     csv_dir: Path | None,
     plots_dir: Path | None,
     progress: bool | None,
+    jobs: int,
 ) -> None:
     """Run SCENARIO (a TOML file), or gossip learning on digits set up by the options.
 
     With no arguments: 16 nodes on a random 4-regular graph. With a scenario file, only --seed,
-    --json, --csv, --plots and --progress may be given as well.
+    --json, --csv, --plots, --progress and --jobs may be given as well.
     """
     if scenario is not None:
         given = {
@@ -111,8 +121,11 @@ def run(
             seed=seed if "seed" in given else None,
             outputs=(json_path, csv_dir, plots_dir),
             progress=progress,
+            jobs=jobs,
         )
         return
+    if jobs != 1:
+        raise click.UsageError("--jobs runs the variants of a scenario file at once: give one")
     params = {  # by builder, so that a builder's other names (watts_strogatz) take them too
         RandomRegular: {"degree": degree},
         ErdosRenyi: {"p": edge_p},
@@ -244,6 +257,7 @@ def _run_scenario(
     seed: int | None,
     outputs: tuple[Path | None, Path | None, Path | None],
     progress: bool | None,
+    jobs: int,
 ) -> None:
     try:
         scenario, tasks = check_scenario(path, seed=seed)
@@ -251,13 +265,18 @@ def _run_scenario(
         raise click.UsageError(str(exc)) from exc
     _prepare_outputs(*outputs)
     click.echo(f"scenario {scenario.name}: {len(scenario.variants)} variant(s)")
-    result = ScenarioResult(
-        scenario,
-        {
-            v.name: _emulate(v.config, tasks[v.name], ProgressBar(v.name, enabled=progress))
-            for v in scenario.variants
-        },
-    )
+    variants = scenario.variants
+    if jobs == 1:
+        results = {
+            v.name: _emulate(v.config, tasks[v.name], ProgressBar(v.name, enabled=progress)) for v in variants
+        }
+    else:
+        results = {}
+        with ProgressBar("variants", enabled=progress, unit="variant") as bar:
+            for name, variant_result in run_in_processes(variants, jobs=jobs):
+                results[name] = variant_result
+                bar.update(len(results), len(variants))
+    result = ScenarioResult(scenario, {v.name: results[v.name] for v in variants})
     for name, variant_result in result.results.items():
         click.echo(f"\n== {name}")
         click.echo(format_table(variant_result))

@@ -134,16 +134,23 @@ class ProgressReporter(Protocol):
 
 
 class ProgressBar:
-    """A tqdm progress bar over rounds, as a context manager implementing `ProgressReporter`.
+    """A tqdm progress bar over rounds (or another `unit`), as a context manager implementing
+    `ProgressReporter`.
 
     `enabled=None` shows it only when `file` (default stderr) is a terminal; True forces it, False
     turns it off (then `update` does nothing). Rounds only move it forwards.
     """
 
     def __init__(
-        self, description: str = "rounds", *, enabled: bool | None = None, file: IO[str] | None = None
+        self,
+        description: str = "rounds",
+        *,
+        enabled: bool | None = None,
+        file: IO[str] | None = None,
+        unit: str = "round",
     ):
         self.description = description
+        self.unit = unit
         self.file = file if file is not None else sys.stderr
         self.enabled = _is_terminal(self.file) if enabled is None else enabled
         self._bar = None
@@ -163,7 +170,7 @@ class ProgressBar:
         if self._bar is None:
             from tqdm import tqdm  # imported on first use: most runs (tests, CI) show no bar
 
-            self._bar = tqdm(total=total, desc=self.description, unit="round", file=self.file, leave=True)
+            self._bar = tqdm(total=total, desc=self.description, unit=self.unit, file=self.file, leave=True)
         if self._bar.total != total:
             self._bar.total = total
             self._bar.refresh()

@@ -127,3 +127,31 @@ def test_sim_check_validates_files_without_running_them(tmp_path):
 
     result = runner.invoke(main, ["sim", "check", str(good), "--seed", "3"])
     assert result.exit_code == 0 and result.stderr == ""
+
+
+def test_sim_run_jobs_runs_a_scenarios_variants_at_once(tmp_path):
+    scenario = tmp_path / "s.toml"
+    scenario.write_text(
+        'name = "cli"\n[base]\nnodes = 4\nrounds = 2\ntopology = "ring"\n'
+        '[[variants]]\nname = "a"\n[[variants]]\nname = "b"\nprotocol = "dpsgd"\n'
+    )
+    runner = CliRunner()
+    at_once = runner.invoke(
+        main, ["sim", "run", str(scenario), "--jobs", "2", "--json", str(tmp_path / "2.json")]
+    )
+    assert at_once.exit_code == 0, at_once.output
+    assert at_once.output.index("== a") < at_once.output.index("== b")
+    in_turn = runner.invoke(main, ["sim", "run", str(scenario), "--json", str(tmp_path / "1.json")])
+    finals = [
+        {
+            name: v["final_mean_accuracy"]
+            for name, v in json.loads((tmp_path / f).read_text())["variants"].items()
+        }
+        for f in ("1.json", "2.json")
+    ]
+    assert in_turn.exit_code == 0 and finals[0] == finals[1]
+
+    refused = runner.invoke(main, ["sim", "run", str(scenario), "--jobs", "0"])
+    assert refused.exit_code == 2 and "--jobs" in refused.output
+    alone = runner.invoke(main, ["sim", "run", "--nodes", "4", "--jobs", "2"])
+    assert alone.exit_code == 2 and "--jobs runs the variants of a scenario file" in alone.output

@@ -146,3 +146,23 @@ def test_every_variant_that_fails_its_run_check_is_reported_at_once(tmp_path):
     lines = str(caught.value).splitlines()
     assert [line.split(":")[0] for line in lines] == ["variants[0] (crash_twice)", "variants[2] (big_sample)"]
     assert "s=9 exceeds the 4 nodes" in lines[1]
+
+
+TIMINGS = {"wall_s", "peak_rss_mib", "node_rounds_per_s", "rounds_per_minute"}
+
+
+def test_variants_run_in_processes_give_the_results_they_give_in_turn(tmp_path):
+    scenario = load_scenario(write(tmp_path, SMALL.format(target=0.5)))
+    in_turn = run_scenario(scenario).to_json()["variants"]
+    at_once = run_scenario(scenario, jobs=2).to_json()["variants"]
+    assert list(at_once) == ["gossip", "dpsgd"]  # the file's order, whichever ended first
+    for name, summary in in_turn.items():
+        assert {k: v for k, v in at_once[name].items() if k not in TIMINGS} == {
+            k: v for k, v in summary.items() if k not in TIMINGS
+        }
+
+
+def test_jobs_must_be_at_least_one(tmp_path):
+    scenario = load_scenario(write(tmp_path, SMALL.format(target=0.5)))
+    with pytest.raises(ValueError, match="jobs must be >= 1, got 0"):
+        list(scenario_module.run_in_processes(scenario.variants, jobs=0))
