@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Mapping
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from p2pfl.errors import ConfigError
 
@@ -33,14 +33,24 @@ def build_named(
     parameter) is reported with the name it was building; a part of one's own must be an `expected`.
     """
     if is_import_name(name):
-        build = import_attribute(field, name)
-    elif name in table:
-        build = table[name]
-    else:
+        return build_imported(field, name, params, expected=expected)
+    if name not in table:
         known = sorted(table)
         raise ConfigError(
             f"{field}: unknown {noun} {name!r}; choose one of {known}, or module:attribute for your own"
         )
+    return _built(field, name, table[name], params, expected)
+
+
+def build_imported(field: str, name: str, params: dict, *, expected: type[T] | tuple[type, ...]) -> T:
+    """The part `module:attribute` builds with `params`; a `ConfigError` naming `field` if it cannot
+    be imported, built, or is not an `expected`."""
+    return _built(field, name, import_attribute(field, name), params, expected)
+
+
+def _built(
+    field: str, name: str, build: Callable[..., object], params: dict, expected: type | tuple[type, ...]
+) -> Any:
     try:
         part = build(**params)
     except (TypeError, ValueError) as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import click
@@ -172,6 +173,7 @@ def check(scenarios: tuple[Path, ...], seed: int | None) -> None:
     """
     invalid = 0
     for path in scenarios:
+        _importable_beside(path)
         try:
             scenario, _ = check_scenario(path, seed=seed)
         except ConfigError as exc:
@@ -184,6 +186,14 @@ def check(scenarios: tuple[Path, ...], seed: int | None) -> None:
     if invalid:
         click.echo(f"{invalid} of {len(scenarios)} scenario file(s) invalid", err=True)
         raise click.exceptions.Exit(1)
+
+
+def _importable_beside(scenario: Path) -> None:
+    """Let a scenario name rules, attacks and tasks (`module:attribute`) from modules beside it, as
+    `python script.py` imports what lies beside the script: the file's folder goes on the path."""
+    folder = str(scenario.resolve().parent)
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
 
 
 def _emulate(config: EmulationConfig, task: Task, bar: ProgressBar) -> EmulationResult:
@@ -259,6 +269,7 @@ def _run_scenario(
     progress: bool | None,
     jobs: int,
 ) -> None:
+    _importable_beside(path)
     try:
         scenario, tasks = check_scenario(path, seed=seed)
     except ConfigError as exc:

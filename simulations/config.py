@@ -19,7 +19,7 @@ from p2pfl.aggregation.registry import AGGREGATORS, build_aggregator
 from p2pfl.attacks import Attack, build_attack
 from p2pfl.attacks.registry import ATTACKS
 from p2pfl.errors import ConfigError
-from p2pfl.registry import import_attribute, is_import_name
+from p2pfl.registry import build_imported, import_attribute, is_import_name
 from simulations.churn import ChurnEvent
 from simulations.field_types import check_types
 from simulations.synthetic import GaussianMixture, synthetic_task
@@ -47,14 +47,17 @@ class EmulationConfig:
     # Clock-driven protocols (gossip, dpsgd): draw a new graph of the same kind every this many
     # rounds (0: never), e.g. a fresh random 4-regular graph per round.
     resample_every: int = 0
-    # or "synthetic": a Gaussian mixture generated per node; or "digits_transfer": Bristle's setting
+    # "digits": scikit-learn's digits, split across the nodes by `partition`; or "synthetic": a
+    # Gaussian mixture generated per node; or "digits_transfer": Bristle's setting
     # (simulations/transfer_task.py), digits through a frozen pre-trained extractor, each node training
     # only an output layer on its own classes (needs partition "classes"). In it, Byzantine nodes
     # train every class on data of all classes and never merge (they keep their own model), and
-    # honest nodes keep their bias local whatever the aggregation.
+    # honest nodes keep their bias local whatever the aggregation. Or "module:attribute", a task of
+    # one's own (`make_task`), whose model `hidden`, `activation` and `xavier` do not shape.
     task: str = "digits"
     # synthetic: features, classes, separation, samples_per_node, test_samples_per_class;
-    # digits_transfer: the fields of simulations.transfer_task.TransferParams
+    # digits_transfer: the fields of simulations.transfer_task.TransferParams; one's own task:
+    # its factory's keyword arguments
     task_params: dict[str, Any] = field(default_factory=dict)
     protocol: str = "gossip"  # gossip, dpsgd, modest or fl
     # modest: ModestSettings fields (s, a, sf, ping_timeout, ping_interval, inactivity_threshold,
@@ -153,8 +156,18 @@ class EmulationConfig:
         if self.activation not in ACTIVATIONS:
             raise ConfigError(f"activation: unknown {self.activation!r}; choose one of {sorted(ACTIVATIONS)}")
 
-        if self.task not in ("digits", "synthetic", "digits_transfer"):
-            raise ConfigError(f"task must be 'digits', 'synthetic' or 'digits_transfer', got {self.task!r}")
+        if is_import_name(self.task):  # a task of one's own: made (and its params checked) by check_run
+            import_attribute("task", self.task)
+            for name in _BUILT_IN_MODEL_FIELDS:
+                if getattr(self, name) != _DEFAULT_VALUES[name]:
+                    raise ConfigError(
+                        f"{name}: applies to the built-in tasks; the task {self.task!r} makes its own model"
+                    )
+        elif self.task not in ("digits", "synthetic", "digits_transfer"):
+            raise ConfigError(
+                "task must be 'digits', 'synthetic', 'digits_transfer' or module:attribute for your own, "
+                f"got {self.task!r}"
+            )
         check_transfer(self)
         if self.task == "digits" and self.task_params:
             raise ConfigError(f"task_params: the digits task takes none, got {sorted(self.task_params)}")
@@ -210,7 +223,16 @@ class EmulationConfig:
             )
 
 
+# The fields that shape the built-in tasks' model; a task of one's own makes its model itself.
+_BUILT_IN_MODEL_FIELDS = ("hidden", "activation", "xavier")
+_DEFAULT_VALUES = {f.name: f.default for f in fields(EmulationConfig) if f.name in _BUILT_IN_MODEL_FIELDS}
+
+
 def make_task(config: EmulationConfig) -> Task:
+    """The config's task; one of one's own (`module:attribute`) is built as
+    `attribute(seed=config.seed, **config.task_params)` and must return a `Task`."""
+    if is_import_name(config.task):
+        return build_imported("task", config.task, {"seed": config.seed, **config.task_params}, expected=Task)
     if config.task == "digits_transfer":
         return digits_transfer_task(seed=config.seed, params=TransferParams.parse(config.task_params))
     model = dict(hidden=config.hidden, activation=config.activation, xavier=config.xavier)
@@ -306,8 +328,10 @@ def make_bristle(
         raise ConfigError(f"aggregation_params: {exc}") from exc
 
 
-def task_classes(config: EmulationConfig) -> int:
-    """How many classes the config's task has."""
+def task_classes(config: EmulationConfig) -> int | None:
+    """How many classes the config's task has; None for a task of one's own."""
+    if is_import_name(config.task):
+        return None
     if config.task == "synthetic":
         return config.task_params.get("classes", GaussianMixture.classes)
     return NUM_CLASSES
@@ -318,7 +342,12 @@ def make_attack(config: EmulationConfig) -> Attack:
     if config.attack == "label_flip":
         # Flipping modulo another count would make labels the model has no output for.
         classes = task_classes(config)
-        if params.setdefault("num_classes", classes) != classes:
+        if classes is None:
+            if "num_classes" not in params:
+                raise ConfigError(
+                    f"attack_params: label_flip needs num_classes with the task {config.task!r}"
+                )
+        elif params.setdefault("num_classes", classes) != classes:
             raise ConfigError(
                 f"attack_params: label_flip num_classes must be the task's {classes} classes, "
                 f"got {params['num_classes']!r}"

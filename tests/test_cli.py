@@ -1,4 +1,5 @@
 import json
+import sys
 
 from click.testing import CliRunner
 
@@ -155,3 +156,26 @@ def test_sim_run_jobs_runs_a_scenarios_variants_at_once(tmp_path):
     assert refused.exit_code == 2 and "--jobs" in refused.output
     alone = runner.invoke(main, ["sim", "run", "--nodes", "4", "--jobs", "2"])
     assert alone.exit_code == 2 and "--jobs runs the variants of a scenario file" in alone.output
+
+
+def test_sim_finds_a_rule_in_a_module_beside_the_scenario_file(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "path", list(sys.path))  # the CLI puts the scenario's folder on it
+    folder = tmp_path / "study"
+    folder.mkdir()
+    (folder / "own_rule.py").write_text(
+        "from p2pfl.aggregation import Aggregator\n\n"
+        "class KeepOwn(Aggregator):\n"
+        "    def aggregate(self, own, received):\n"
+        "        return own.state\n"
+    )
+    scenario = folder / "s.toml"
+    scenario.write_text(
+        'name = "own"\n[base]\nnodes = 4\nrounds = 2\ntopology = "ring"\naggregation = "own_rule:KeepOwn"\n'
+    )
+    assert "own_rule" not in sys.modules
+    result = CliRunner().invoke(main, ["sim", "check", str(scenario)])
+    assert result.exit_code == 0, result.output
+    assert sys.path[0] == str(folder.resolve())
+    result = CliRunner().invoke(main, ["sim", "run", str(scenario)])
+    assert result.exit_code == 0, result.output
+    assert "final mean accuracy" in result.output

@@ -22,6 +22,16 @@ def test_the_custom_rule_example_holds_where_plain_averaging_breaks(monkeypatch)
     assert final["distance_filter"] > 0.8 and final["median"] > 0.8
 
 
+def test_the_custom_task_example_runs_from_its_scenario(monkeypatch):
+    monkeypatch.syspath_prepend(str(EXAMPLES / "custom_task"))
+    scenario, tasks = check_scenario(EXAMPLES / "custom_task" / "compare.toml")
+    final = {
+        v.name: run_emulation(v.config, task=tasks[v.name]).final_mean_accuracy for v in scenario.variants
+    }
+    assert final["ring-iid"] > 0.85  # half-moons are learnt
+    assert final["ring-skewed"] < final["ring-iid"] and final["ring-skewed"] < final["complete-skewed"]
+
+
 def test_the_python_example_shows_the_graph_matters_under_skew():
     done = subprocess.run(
         [sys.executable, str(EXAMPLES / "emulate_in_python.py"), "--rounds", "5"],

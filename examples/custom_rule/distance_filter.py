@@ -6,7 +6,7 @@ one method, given the node's own model and the ones it received (each a `Contrib
 `ModelState`, weight), returns the merged `ModelState`. Work on the stacked flat vectors
 (`stack`), not parameter by parameter.
 
-    PYTHONPATH=examples/custom_rule p2pfl sim run examples/custom_rule/compare.toml
+    p2pfl sim run examples/custom_rule/compare.toml
 """
 
 from __future__ import annotations

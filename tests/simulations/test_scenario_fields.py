@@ -101,7 +101,12 @@ BAD = [
     ("resample_every", "resample_every = 2", "resample_every needs a clock-driven protocol and a named"),
     # task, data and model
     ("task", "task = 1", "task must be a string, got 1"),
-    ("task", 'task = "mnist"', "task must be 'digits', 'synthetic' or 'digits_transfer', got 'mnist'"),
+    ("task", 'task = "mnist"', "or module:attribute for your own, got 'mnist'"),
+    (
+        "task",
+        'task = "no_such_module:mnist"',
+        "task: cannot import 'no_such_module' for 'no_such_module:mnist'",
+    ),
     ("task_params", 'task_params = "big"', "task_params: Input should be a valid dictionary"),
     ("task_params", "task_params = { colour = 1 }", "synthetic_task() got an unexpected keyword argument"),
     ("task_params", "task_params = { features = 0 }", "task_params: synthetic task needs features >= 1"),
