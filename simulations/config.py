@@ -14,6 +14,7 @@ import torch
 
 from gossip.federated import FederatedLearning
 from gossip.modest_settings import ModestSettings
+from gossip.protocol import RoundProtocol
 from p2pfl.aggregation.bristle import Bristle
 from p2pfl.aggregation.registry import AGGREGATORS, build_aggregator
 from p2pfl.attacks import Attack, build_attack
@@ -59,7 +60,7 @@ class EmulationConfig:
     # digits_transfer: the fields of simulations.transfer_task.TransferParams; one's own task:
     # its factory's keyword arguments
     task_params: dict[str, Any] = field(default_factory=dict)
-    protocol: str = "gossip"  # gossip, dpsgd, modest or fl
+    protocol: str = "gossip"  # gossip, dpsgd, modest, fl, or module:attribute (`make_protocol`)
     # modest: ModestSettings fields (s, a, sf, ping_timeout, ping_interval, inactivity_threshold,
     # aggregation_timeout, min_models) and join_fanout; fl: s and round_timeout.
     protocol_params: dict[str, Any] = field(default_factory=dict)
@@ -122,8 +123,13 @@ class EmulationConfig:
             raise ConfigError(f"nodes must be >= 2, got {self.nodes}")
         if self.rounds < 1:
             raise ConfigError(f"rounds must be >= 1, got {self.rounds}")
-        if self.protocol not in PROTOCOLS:
-            raise ConfigError(f"protocol must be one of {sorted(PROTOCOLS)}, got {self.protocol!r}")
+        if is_import_name(self.protocol):
+            import_attribute("protocol", self.protocol)  # one's own: built by `protocol_params`
+        elif self.protocol not in PROTOCOLS:
+            raise ConfigError(
+                f"protocol must be one of {sorted(PROTOCOLS)} or module:attribute for your own, "
+                f"got {self.protocol!r}"
+            )
         if self.init not in ("shared", "independent"):
             raise ConfigError(f"init must be 'shared' or 'independent', got {self.init!r}")
         if self.evaluate_every < 1 or self.rounds % self.evaluate_every:
@@ -328,6 +334,14 @@ def make_bristle(
         raise ConfigError(f"aggregation_params: {exc}") from exc
 
 
+def make_protocol(config: EmulationConfig, *, seed: int) -> RoundProtocol:
+    """A node's instance of a protocol of one's own (`module:attribute`), built as
+    `attribute(rounds=..., period=..., seed=<the node's>, **protocol_params)`. It runs on the
+    graph's links, as D-PSGD does, and a node is done when its `run` returns."""
+    params = {"rounds": config.rounds, "period": config.period, "seed": seed, **config.protocol_params}
+    return build_imported("protocol", config.protocol, params, expected=RoundProtocol)
+
+
 def task_classes(config: EmulationConfig) -> int | None:
     """How many classes the config's task has; None for a task of one's own."""
     if is_import_name(config.task):
@@ -363,8 +377,14 @@ def make_attack(config: EmulationConfig) -> Attack:
 
 
 def protocol_params(config: EmulationConfig) -> dict[str, Any]:
-    """`config.protocol_params` checked against the protocol; a fresh dict the caller may consume."""
+    """`config.protocol_params` checked against the protocol; a fresh dict the caller may consume.
+
+    A protocol of one's own takes them all: they are checked by building it once (`make_protocol`).
+    """
     params = dict(config.protocol_params)
+    if is_import_name(config.protocol):
+        make_protocol(config, seed=0)
+        return params
     allowed = {"modest": MODEST_PARAMS, "fl": FL_PARAMS}.get(config.protocol, frozenset())
     if unknown := sorted(set(params) - allowed):
         raise ConfigError(

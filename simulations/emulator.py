@@ -41,12 +41,14 @@ from p2pfl.datasets import dirichlet_split, iid_split, labels_of, take
 from p2pfl.errors import ConfigError
 from p2pfl.learner import Learner, LocalLearner
 from p2pfl.node import Node, RoundRecord
+from p2pfl.registry import is_import_name
 from simulations.churn import PlannedEvent, plan_churn
 from simulations.config import (
     EVENT_DRIVEN,
     FL_SERVER,
     EmulationConfig,
     make_attack,
+    make_protocol,
     make_task,
     protocol_params,
 )
@@ -444,6 +446,8 @@ class _Emulation:
 
     def _protocol(self, index: int) -> RoundProtocol:
         config = self.config
+        if is_import_name(config.protocol):
+            return make_protocol(config, seed=derive_seed(config.seed, _PROTOCOL, index))
         params = protocol_params(config)
         founders = self.founders
         if config.protocol == "modest":

@@ -32,6 +32,15 @@ def test_the_custom_task_example_runs_from_its_scenario(monkeypatch):
     assert final["ring-skewed"] < final["ring-iid"] and final["ring-skewed"] < final["complete-skewed"]
 
 
+def test_the_custom_protocol_example_talks_every_fifth_round(monkeypatch):
+    monkeypatch.syspath_prepend(str(EXAMPLES / "custom_protocol"))
+    scenario, tasks = check_scenario(EXAMPLES / "custom_protocol" / "compare.toml")
+    runs = {v.name: run_emulation(v.config, task=tasks[v.name]) for v in scenario.variants}
+    dpsgd, periodic = runs["dpsgd"], runs["every-5"]
+    assert periodic.messages_sent * 5 == dpsgd.messages_sent  # rounds 5, 10, ..., 30 of 30
+    assert periodic.final_mean_accuracy > 0.8 and dpsgd.final_mean_accuracy > 0.8
+
+
 def test_the_python_example_shows_the_graph_matters_under_skew():
     done = subprocess.run(
         [sys.executable, str(EXAMPLES / "emulate_in_python.py"), "--rounds", "5"],

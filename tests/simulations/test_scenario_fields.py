@@ -147,7 +147,8 @@ BAD = [
     ("lr", "lr = true", "lr must be a number, got true"),
     # protocol
     ("protocol", "protocol = 2", "protocol must be a string, got 2"),
-    ("protocol", 'protocol = "flood"', "protocol must be one of ['dpsgd', 'fl', 'gossip', 'modest']"),
+    ("protocol", 'protocol = "flood"', "protocol must be one of ['dpsgd', 'fl', 'gossip', 'modest'] or"),
+    ("protocol", 'protocol = "no_such_module:Flood"', "protocol: cannot import 'no_such_module'"),
     ("protocol_params", "protocol_params = []", "protocol_params: Input should be a valid dictionary"),
     ("protocol_params", "protocol_params = { colour = 1 }", "protocol_params: ['colour'] not accepted"),
     ("protocol_params", "protocol_params = { s = 0 }", "protocol_params: s must be an int >= 1, got 0"),
