@@ -10,7 +10,7 @@ import click
 
 from p2pfl import strict_json
 from p2pfl.errors import ConfigError
-from simulations.config import EmulationConfig, check_topology_size, make_task
+from simulations.config import PROTOCOLS, EmulationConfig, check_topology_size, make_task
 from simulations.emulator import check_run, run_emulation
 from simulations.report import ProgressBar, write_csv
 from simulations.results import EmulationResult
@@ -45,6 +45,19 @@ _SCENARIO_COMPATIBLE = {"scenario", "seed", "json_path", "csv_dir", "plots_dir",
     "--p", "edge_p", default=0.1, show_default=True, help="Edge/rewire probability where it applies."
 )
 @click.option("--rounds", default=_DEFAULTS.rounds, show_default=True)
+@click.option(
+    "--protocol",
+    type=click.Choice(PROTOCOLS),
+    default=_DEFAULTS.protocol,
+    show_default=True,
+    help="gossip learning, D-PSGD, MoDeST or the FL baseline, with their default settings.",
+)
+@click.option(
+    "--aggregation",
+    default=_DEFAULTS.aggregation,
+    show_default=True,
+    help="A rule by name (fedavg, median, trimmed_mean, krum, vca, ...) with its default settings.",
+)
 @click.option(
     "--partition", type=click.Choice(["iid", "dirichlet"]), default=_DEFAULTS.partition, show_default=True
 )
@@ -93,6 +106,8 @@ def run(
     degree: int,
     edge_p: float,
     rounds: int,
+    protocol: str,
+    aggregation: str,
     partition: str,
     alpha: float,
     local_steps: int,
@@ -138,6 +153,8 @@ def run(
             topology=topology,
             topology_params=params,
             rounds=rounds,
+            protocol=protocol,
+            aggregation=aggregation,
             partition=partition,
             alpha=alpha,
             local_steps=local_steps,

@@ -179,3 +179,16 @@ def test_sim_finds_a_rule_in_a_module_beside_the_scenario_file(tmp_path, monkeyp
     result = CliRunner().invoke(main, ["sim", "run", str(scenario)])
     assert result.exit_code == 0, result.output
     assert "final mean accuracy" in result.output
+
+
+def test_sim_run_takes_the_protocol_and_the_rule(tmp_path):
+    out = tmp_path / "summary.json"
+    args = ["sim", "run", "--nodes", "6", "--rounds", "2", "--topology", "ring", "--json", str(out)]
+    result = CliRunner().invoke(main, [*args, "--protocol", "dpsgd", "--aggregation", "median"])
+    assert result.exit_code == 0, result.output
+    config = json.loads(out.read_text())["config"]
+    assert (config["protocol"], config["aggregation"]) == ("dpsgd", "median")
+    refused = CliRunner().invoke(main, [*args, "--aggregation", "krumm"])
+    assert refused.exit_code == 2 and "aggregation: unknown rule 'krumm'" in refused.output
+    refused = CliRunner().invoke(main, [*args, "--protocol", "flood"])
+    assert refused.exit_code == 2 and "'flood' is not one of" in refused.output
