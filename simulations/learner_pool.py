@@ -23,6 +23,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
+from torch.nn.utils import vector_to_parameters
 from torch.utils.data import Dataset, TensorDataset
 
 from p2pfl.learner import Evaluation, ShuffledIndices, cross_entropy, evaluate_on, on_device
@@ -62,6 +63,7 @@ class LearnerPool:
             raise ValueError("a pooled model needs float32 parameters and no buffers")
         self.device = torch.device("cpu")
         self.template = template.to(self.device)
+        self._evaluator = make_model(seed=0).to(self.device).requires_grad_(False)
         self.layout = Layout.of(dict(template.named_parameters()))
         self.lr = lr
         self.batch_size = batch_size
@@ -126,6 +128,13 @@ class LearnerPool:
             spec.name: flat[..., spec.offset : spec.offset + spec.numel].view(*lead, *spec.shape)
             for spec in self.layout.specs
         }
+
+    def _evaluator_on(self, flat: torch.Tensor) -> nn.Module:
+        """The evaluation model with the values of `flat` (d,) as its parameters: views of it, not
+        copies, so valid until `flat` changes. A node evaluates once per evaluated round, and
+        `functional_call` costs more per call than pointing a model's parameters at the row."""
+        vector_to_parameters(flat, self._evaluator.parameters())
+        return self._evaluator
 
     def _loss(self, params: dict[str, torch.Tensor], inputs: torch.Tensor, targets: torch.Tensor):
         return self.loss_fn(functional_call(self.template, params, (inputs,)), targets)
@@ -259,13 +268,7 @@ class PooledLearner:
         pool = self._pool
         if pool.test_data is None:
             raise ValueError("no test data: the pool was made without test_data")
-        params = pool._params(self._flat())
-        return evaluate_on(
-            lambda inputs: functional_call(pool.template, params, (inputs,)),
-            pool.test_data,
-            pool.loss_fn,
-            pool.device,
-        )
+        return evaluate_on(pool._evaluator_on(self._flat()), pool.test_data, pool.loss_fn, pool.device)
 
     def _settle(self) -> None:
         """Run this learner's scheduled steps (and everyone else's: they batch together)."""
