@@ -119,10 +119,10 @@ def run(
     progress: bool | None,
     jobs: int,
 ) -> None:
-    """Run SCENARIO (a TOML file), or gossip learning on digits set up by the options.
+    """Run SCENARIO (a TOML file), or an emulation on digits set up by the options.
 
-    With no arguments: 16 nodes on a random 4-regular graph. With a scenario file, only --seed,
-    --json, --csv, --plots, --progress and --jobs may be given as well.
+    With no arguments: gossip learning on 16 nodes of a random 4-regular graph. With a scenario
+    file, only --seed, --json, --csv, --plots, --progress and --jobs may be given as well.
     """
     if scenario is not None:
         given = {
