@@ -166,3 +166,25 @@ def test_jobs_must_be_at_least_one(tmp_path):
     scenario = load_scenario(write(tmp_path, SMALL.format(target=0.5)))
     with pytest.raises(ValueError, match="jobs must be >= 1, got 0"):
         list(scenario_module.run_in_processes(scenario.variants, jobs=0))
+
+
+def test_a_variant_that_fails_in_its_process_raises_its_error_here(tmp_path, monkeypatch):
+    (tmp_path / "failing_protocol.py").write_text(
+        "from dataclasses import dataclass\n"
+        "from gossip.protocol import RoundProtocol\n\n"
+        "@dataclass(frozen=True)\n"
+        "class Fails(RoundProtocol):\n"
+        "    rounds: int\n"
+        "    period: float\n"
+        "    seed: int\n\n"
+        "    async def run(self, transport, learning):\n"
+        "        raise RuntimeError('the protocol broke')\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))  # spawned processes get the parent's path
+    text = SMALL.format(target=0.5) + '\n[[variants]]\nname = "broken"\nprotocol = "failing_protocol:Fails"\n'
+    scenario = load_scenario(write(tmp_path, text))
+    for jobs in (1, 2):  # the nodes' errors, as trio groups them, in a process of its own or not
+        with pytest.raises(BaseExceptionGroup) as caught:
+            run_scenario(scenario, jobs=jobs)
+        broken = caught.value.subgroup(lambda error: isinstance(error, RuntimeError))
+        assert broken is not None and "the protocol broke" in repr(broken.exceptions)
