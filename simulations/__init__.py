@@ -2,7 +2,7 @@
 
 from simulations.churn import ChurnEvent
 from simulations.config import EmulationConfig
-from simulations.emulator import run_emulation
+from simulations.emulator import NodeFailed, run_emulation
 from simulations.results import EmulationResult, NodeSummary, RoundSummary
 from simulations.task import Task, digits_task
 from simulations.topology import build_topology
@@ -11,6 +11,7 @@ __all__ = [
     "ChurnEvent",
     "EmulationConfig",
     "EmulationResult",
+    "NodeFailed",
     "NodeSummary",
     "RoundSummary",
     "Task",

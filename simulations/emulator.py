@@ -38,7 +38,7 @@ from p2pfl.aggregation.registry import build_aggregator
 from p2pfl.attacks import LabelFlip, choose_byzantine
 from p2pfl.compute import VirtualCompute
 from p2pfl.datasets import dirichlet_split, iid_split, labels_of, take
-from p2pfl.errors import ConfigError
+from p2pfl.errors import ConfigError, sole_exception
 from p2pfl.learner import Learner, LocalLearner
 from p2pfl.node import Node, RoundRecord
 from p2pfl.registry import is_import_name
@@ -105,6 +105,8 @@ def run_emulation(
         _collector_for_many_objects(),
     ):
         trio.run(emulation.run, clock=trio.testing.MockClock(autojump_threshold=0))
+    if emulation.failure is not None:
+        raise emulation.failure from emulation.failure.cause
     wall_s = time.perf_counter() - started
     return EmulationResult(
         config=config,
@@ -119,6 +121,25 @@ def run_emulation(
         graph=nx.relabel_nodes(graph, {label: i for i, label in enumerate(emulation.labels)}),
         topology=topology,
     )
+
+
+class NodeFailed(RuntimeError):
+    """A node's code raised during an emulation, which then stopped; the error is chained as the cause.
+
+    Node code raising is a bug (in a rule, protocol or task of one's own, or in ours), not an event
+    of the run: crashes and departures are churn. The first failure is reported once, naming the
+    node, rather than every node's copy of it in nested exception groups.
+    """
+
+    def __init__(self, index: int, peer: str, virtual_time: float, cause: BaseException) -> None:
+        super().__init__(f"node {index} ({peer}) failed at virtual time {virtual_time:g} s: {cause!r}")
+        self.index = index
+        self.peer = peer
+        self.virtual_time = virtual_time
+        self.cause = cause
+
+    def __reduce__(self) -> tuple:  # across processes (`run_in_processes`), with its fields
+        return NodeFailed, (self.index, self.peer, self.virtual_time, self.cause)
 
 
 def check_run(config: EmulationConfig, *, task: Task | None = None, graph: nx.Graph | None = None) -> None:
@@ -317,6 +338,7 @@ class _Emulation:
         self.departed: set[int] = set()  # nodes that crashed or left
         self.consensus = ConsensusTracker()
         self.progress = 0  # newest round any node has recorded
+        self.failure: NodeFailed | None = None  # the first node whose code raised
         self.running = 0
         self.stalled = False
 
@@ -479,6 +501,12 @@ class _Emulation:
         try:
             with self.scopes[index]:
                 await self.nodes[index].run()
+        except Exception as exc:  # a bug in node code (own rules and protocols included): stop the run
+            if self.failure is None:
+                self.failure = NodeFailed(
+                    index, self.peer_ids[index], trio.current_time(), sole_exception(exc)
+                )
+            self.nursery.cancel_scope.cancel()
         finally:
             self.running -= 1
 
