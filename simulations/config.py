@@ -107,6 +107,11 @@ class EmulationConfig:
     # parameters, no buffers; not digits_transfer). Matches per-node training up to float rounding.
     batched_training: bool = True
     seconds_per_step: float = 0.001
+    # Processes that run the nodes, each a contiguous block of them, kept in step in virtual time
+    # (simulations/shards.py): about that many times faster on as many cores. Needs links between
+    # shards with latency > 0. Deterministic for a seed and a shard count; other counts give other
+    # (equally valid) runs.
+    shards: int = 1
     seed: int = 0
 
     @property
@@ -123,6 +128,8 @@ class EmulationConfig:
             raise ConfigError(f"nodes must be >= 2, got {self.nodes}")
         if self.rounds < 1:
             raise ConfigError(f"rounds must be >= 1, got {self.rounds}")
+        if not 1 <= self.shards <= self.nodes:
+            raise ConfigError(f"shards must be between 1 and nodes ({self.nodes}), got {self.shards}")
         if is_import_name(self.protocol):
             import_attribute("protocol", self.protocol)  # one's own: built by `protocol_params`
         elif self.protocol not in PROTOCOLS:

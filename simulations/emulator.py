@@ -11,12 +11,17 @@ import gc
 import heapq
 import itertools
 import math
+import multiprocessing
+import os
 import random
 import resource
+import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from functools import partial
+from dataclasses import dataclass
+from functools import cached_property, partial
+from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
 import networkx as nx
@@ -56,17 +61,20 @@ from simulations.learner_pool import LearnerPool, poolable
 from simulations.results import (
     ConsensusTracker,
     EmulationResult,
+    NodeSummary,
     summarise_nodes,
     summarise_rounds,
     topology_source,
 )
 from simulations.seeds import derive_seed
+from simulations.shards import Barrier, ShardLink, coordinate, lookahead, receive, send, split_nodes
+from simulations.stopping import RunEnd
 from simulations.task import Task
 from simulations.topology import build_topology, check_size, load_topology, node_order, topology
 from simulations.transfer_nodes import transfer_node
 from simulations.transfer_task import TransferTask
 from transport.links import LinkParams
-from transport.memory import MemoryNetwork, open_memory_network
+from transport.memory import MemoryNetwork, MemoryTransport, TrafficLog, open_memory_network
 
 if TYPE_CHECKING:
     from simulations.report import ProgressReporter
@@ -75,7 +83,7 @@ if TYPE_CHECKING:
 (_TOPOLOGY, _SPLIT, _BATCHES, _PROTOCOL, _INIT, _CHURN, _SCHEDULER, _BYZANTINE, _ATTACK, _NETWORK, _SPEED) = (
     range(11)
 )
-_AGGREGATION = 11
+_AGGREGATION, _SHARDS = 11, 12
 
 
 def run_emulation(
@@ -96,30 +104,200 @@ def run_emulation(
     topology = topology_source(config, graph)
     if graph is None:
         graph = _graph(config, 0)
-    absent, plan = _plan_churn(config)
-    emulation = _Emulation(config, task, graph, absent, plan, progress)
     started = time.perf_counter()
+    if config.shards > 1:
+        parts = _run_in_shards(config, task, graph, progress)
+    else:
+        parts = [_run_part(config, task, graph, progress, None)]
+    failure = next((part.failure for part in parts if part.failure is not None), None)
+    if failure is not None:
+        raise failure from failure.cause
+    wall_s = time.perf_counter() - started
+    _, plan = _plan_churn(config)
+    consensus = ConsensusTracker()
+    for part in parts:
+        consensus.merge(part.consensus)
+    traffic = parts[0].traffic if len(parts) == 1 else TrafficLog.merged([part.traffic for part in parts])
+    return EmulationResult(
+        config=config,
+        rounds=summarise_rounds(
+            [history for _, history in sorted(pair for part in parts for pair in part.honest_histories)],
+            traffic,
+            consensus,
+        ),
+        nodes=[summary for _, summary in sorted(pair for part in parts for pair in part.nodes)],
+        churn=plan,
+        wall_s=wall_s,
+        stalled=any(part.stalled for part in parts),
+        rounds_reached=max(part.progress for part in parts),
+        node_rounds=sum(part.node_rounds for part in parts),
+        # KiB on Linux; a sharded run's processes together (this one waits on them, small)
+        peak_rss_mib=sum(part.peak_rss_mib for part in parts) if len(parts) > 1 else parts[0].peak_rss_mib,
+        graph=nx.relabel_nodes(graph, {label: i for i, label in enumerate(node_order(graph))}),
+        topology=topology,
+    )
+
+
+@dataclass
+class _Part:
+    """What one process of a run (the only one, or a shard) found, for `run_emulation` to combine."""
+
+    nodes: list[tuple[int, NodeSummary]]  # by node index
+    honest_histories: list[tuple[int, list[RoundRecord]]]  # by node index
+    traffic: TrafficLog
+    consensus: ConsensusTracker
+    node_rounds: int
+    progress: int
+    stalled: bool
+    failure: NodeFailed | None
+    peak_rss_mib: float
+
+
+def _run_part(
+    config: EmulationConfig,
+    task: Task,
+    graph: nx.Graph,
+    progress: ProgressReporter | None,
+    shard: _Shard | None,
+) -> _Part:
+    """Run the nodes of `shard` (all nodes when None) to the end of the run."""
+    absent, plan = _plan_churn(config)
+    emulation = _Emulation(config, task, graph, absent, plan, progress, shard)
+    place = () if shard is None else (shard.index,)
     with (
-        _deterministic_trio(derive_seed(config.seed, _SCHEDULER)),
+        _deterministic_trio(derive_seed(config.seed, _SCHEDULER, *place)),
         _torch_settings(config.torch_threads),
         _collector_for_many_objects(),
     ):
         trio.run(emulation.run, clock=trio.testing.MockClock(autojump_threshold=0))
-    if emulation.failure is not None:
-        raise emulation.failure from emulation.failure.cause
-    wall_s = time.perf_counter() - started
-    return EmulationResult(
-        config=config,
-        rounds=summarise_rounds(emulation.honest_nodes, emulation.network, emulation.consensus),
-        nodes=summarise_nodes(emulation.nodes, byzantine=emulation.byzantine, traces=config.record_nodes),
-        churn=plan,
-        wall_s=wall_s,
-        stalled=emulation.stalled,
-        rounds_reached=emulation.progress,
-        node_rounds=sum(len(node.history) for node in emulation.nodes),
+    byzantine = emulation.byzantine
+    return _Part(
+        nodes=list(
+            zip(
+                emulation.nodes,
+                summarise_nodes(emulation.nodes.items(), byzantine=byzantine, traces=config.record_nodes),
+                strict=True,
+            )
+        ),
+        honest_histories=[(i, node.history) for i, node in emulation.nodes.items() if i not in byzantine],
+        traffic=emulation.network.traffic,
+        consensus=emulation.consensus,
+        node_rounds=sum(len(node.history) for node in emulation.nodes.values()),
+        progress=emulation.progress,
+        stalled=emulation.end.stalled,
+        failure=emulation.failure,
         peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # KiB on Linux
-        graph=nx.relabel_nodes(graph, {label: i for i, label in enumerate(emulation.labels)}),
-        topology=topology,
+    )
+
+
+@dataclass(frozen=True)
+class _Shard:
+    """Where a shard's process stands in a sharded run: its index, every shard's nodes, its pipe."""
+
+    index: int
+    parts: list[list[int]]
+    link: ShardLink
+
+    @property
+    def nodes(self) -> list[int]:
+        return self.parts[self.index]
+
+
+def _run_in_shards(
+    config: EmulationConfig, task: Task, graph: nx.Graph, progress: ProgressReporter | None
+) -> list[_Part]:
+    """Run `config.shards` processes of the run at once, each its own block of nodes (`shards.py`)."""
+    parts = _split_nodes(config, graph)
+    context = multiprocessing.get_context("spawn")  # no fork of a process whose torch threads run
+    pipes = [context.Pipe() for _ in parts]
+    processes = [
+        context.Process(target=_shard_main, args=(child,), name=f"p2pfl-shard-{index}")
+        for index, (_, child) in enumerate(pipes)
+    ]
+    reached = 0
+
+    def on_progress(round_: int) -> None:
+        nonlocal reached
+        if progress is not None and round_ > reached:
+            progress.update(round_, config.rounds)
+        reached = max(reached, round_)
+
+    try:
+        for process in processes:
+            process.start()
+        # The run's parts go through the pipes once every process has started: as arguments of
+        # `Process`, a large graph held each start until the process before had imported torch.
+        for index, (parent, _) in enumerate(pipes):
+            send(parent, (config, task, graph, index, parts))
+        outcomes = coordinate(
+            [parent for parent, _ in pipes],
+            lookahead=_lookahead(config, graph, parts),
+            end=_run_end(config),
+            on_progress=on_progress,
+        )
+    except EOFError:
+        raise RuntimeError("a shard's process ended without a word (killed, or out of memory?)") from None
+    finally:
+        for process in processes:
+            process.join(timeout=10)
+            if process.is_alive():
+                process.kill()
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):  # a shard that could not run at all
+            raise outcome
+    return outcomes  # type: ignore[return-value]
+
+
+def _shard_main(connection: Connection) -> None:
+    """A shard's process: run its nodes, then hand its part (or the error that stopped it) over.
+
+    It then exits at once: tearing down a shard's millions of objects one by one took a second,
+    for nothing.
+    """
+    link = ShardLink(connection)
+    try:
+        config, task, graph, index, parts = receive(connection)
+        part: object = _run_part(config, task, graph, None, _Shard(index, parts, link))
+    except BaseException as exc:
+        part = exc
+    link.done(part)
+    connection.close()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+def _split_nodes(config: EmulationConfig, graph: nx.Graph) -> list[list[int]]:
+    """The nodes (by index) of each shard."""
+    indexed = nx.relabel_nodes(graph, {label: i for i, label in enumerate(node_order(graph))})
+    return split_nodes(indexed, config.shards, seed=derive_seed(config.seed, _SHARDS))
+
+
+def _lookahead(config: EmulationConfig, graph: nx.Graph, parts: list[list[int]]) -> float:
+    """The least latency between shards; `ConfigError` when it is 0, as no barrier could then move on."""
+    index_of = {label: i for i, label in enumerate(node_order(graph))}
+    links = [
+        (index_of[u], index_of[v], float(attributes.get("latency", config.latency)))
+        for u, v, attributes in graph.edges(data=True)
+    ]
+    least = lookahead(parts, links, default_latency=config.latency, any_pair=config.protocol in EVENT_DRIVEN)
+    if not least > 0:
+        raise ConfigError(_NO_LOOKAHEAD.format(shards=config.shards))
+    return least
+
+
+_NO_LOOKAHEAD = (
+    "shards: {shards} shards need every message between them to take time, but links between shards "
+    "have latency 0; give links a latency > 0 or run with shards = 1"
+)
+
+
+def _run_end(config: EmulationConfig) -> RunEnd:
+    return RunEnd(
+        period=config.period,
+        stall_timeout=config.stall_timeout,
+        rounds=config.rounds,
+        event_driven=config.protocol in EVENT_DRIVEN,
     )
 
 
@@ -171,6 +349,11 @@ def check_run(config: EmulationConfig, *, task: Task | None = None, graph: nx.Gr
         labels = node_order(graph)
         _speeds(config, [graph.nodes[label] for label in labels])
         links = _links(graph, {label: str(label) for label in labels})
+    if config.shards > 1:
+        if graph is not None:
+            _lookahead(config, graph, _split_nodes(config, graph))
+        elif config.latency == 0:  # a named topology's links all have the default latency
+            raise ConfigError(_NO_LOOKAHEAD.format(shards=config.shards))
     model = task.make_model(seed=0)
     _check_model_fits(model, task, config)
     if config.protocol not in EVENT_DRIVEN:
@@ -315,6 +498,7 @@ class _Emulation:
         absent: frozenset[int],
         plan: list[PlannedEvent],
         reporter: ProgressReporter | None,
+        shard: _Shard | None = None,
     ) -> None:
         self.config = config
         self.task = task
@@ -331,24 +515,30 @@ class _Emulation:
         self.leaving = frozenset(n for e in plan if e.action == "leave" for n in e.nodes)
         self.byzantine = _byzantine(config)
         self.byzantine_peers = frozenset(self.peer_ids[i] for i in self.byzantine)
-        self.nodes: list[Node] = []
-        self._shards: list[np.ndarray] | None = None
-        self.scopes: list[trio.CancelScope] = []
+        self.shard = shard
+        # The nodes run here, in order, and the same as a set.
+        self.local: Sequence[int] = range(config.nodes) if shard is None else shard.nodes
+        self.here = frozenset(self.local)
+        self.transports: list[MemoryTransport] = []  # every node's, those of other shards too
+        self.nodes: dict[int, Node] = {}  # by index: the nodes run here
+        self._splits: list[np.ndarray] | None = None
+        self.scopes: dict[int, trio.CancelScope] = {}
         self.pending = list(plan)
         self.departed: set[int] = set()  # nodes that crashed or left
         self.consensus = ConsensusTracker()
         self.progress = 0  # newest round any node has recorded
         self.failure: NodeFailed | None = None  # the first node whose code raised
-        self.running = 0
-        self.stalled = False
+        self.running = 0  # nodes running here
+        self.end = _run_end(config)
 
     async def run(self) -> None:
         config = self.config
+        place = () if self.shard is None else (self.shard.index,)
         async with open_memory_network(
             latency=config.latency,
             bandwidth=config.bandwidth,
             loss=config.loss,
-            seed=derive_seed(config.seed, _NETWORK),
+            seed=derive_seed(config.seed, _NETWORK, *place),
             dial_any=config.protocol in EVENT_DRIVEN,
         ) as network:
             self.network = network
@@ -356,40 +546,43 @@ class _Emulation:
             gc.freeze()  # the nodes live as long as the run: see _collector_for_many_objects
             async with trio.open_nursery() as nursery:
                 self.nursery = nursery
-                for index in range(config.nodes):
+                for index in self.local:
                     if index not in self.absent:
                         nursery.start_soon(self._run_node, index)
                 self._apply_due()  # events at round 0 hold from the start
                 if config.resample_every:
                     nursery.start_soon(self._resample_topology)
-                await self._monitor()
+                if self.shard is None:
+                    await self._monitor()
+                else:
+                    await self._keep_in_step(self.shard.link)
                 nursery.cancel_scope.cancel()
 
     def _build(self, network: MemoryNetwork) -> None:
         config, task = self.config, self.task
-        transports = [network.add_peer(peer_id) for peer_id in self.peer_ids]
+        self.transports = [network.add_peer(peer_id) for peer_id in self.peer_ids]
         for a, b, params in self.links:
             network.connect(a, b, **params)
+        network.mark_remote([self.peer_ids[i] for i in range(config.nodes) if i not in self.here])
         self.pool = _learner_pool(config, task)
-        for i, transport in enumerate(transports):
+        for i in self.local:
+            transport = self.transports[i]
             attack = make_attack(config) if i in self.byzantine else None
             flip = attack if isinstance(attack, LabelFlip) else None  # data poisoning: trains honestly
             learner, aggregator = self._learner(i, flip)
-            self.nodes.append(
-                Node(
-                    transport,
-                    learner,
-                    protocol=self._protocol(i),
-                    aggregator=aggregator,
-                    local_steps=config.local_steps,
-                    evaluate_every=config.evaluate_every,
-                    compute=VirtualCompute(config.seconds_per_step / self.speeds[i]),
-                    observer=self,
-                    attack=None if flip is not None else attack,
-                    attack_seed=derive_seed(config.seed, _ATTACK, i),
-                )
+            self.nodes[i] = Node(
+                transport,
+                learner,
+                protocol=self._protocol(i),
+                aggregator=aggregator,
+                local_steps=config.local_steps,
+                evaluate_every=config.evaluate_every,
+                compute=VirtualCompute(config.seconds_per_step / self.speeds[i]),
+                observer=self,
+                attack=None if flip is not None else attack,
+                attack_seed=derive_seed(config.seed, _ATTACK, i),
             )
-            self.scopes.append(trio.CancelScope())
+            self.scopes[i] = trio.CancelScope()
 
     def _learner(self, index: int, flip: LabelFlip | None) -> tuple[LocalLearner, Aggregator]:
         """Node `index`'s learner (pooled when the pool can take it) and aggregator."""
@@ -428,9 +621,9 @@ class _Emulation:
     def _local_data(self, index: int) -> Dataset:
         if self.task.local_data is not None:
             return self.task.local_data(index)
-        if self._shards is None:
-            self._shards = _split(self.task, self.config)
-        return take(self.task.train, self._shards[index])
+        if self._splits is None:
+            self._splits = _split(self.task, self.config)
+        return take(self.task.train, self._splits[index])
 
     async def _resample_topology(self) -> None:
         """Rewire the links between rounds: after the merge, before anyone sends again."""
@@ -441,9 +634,7 @@ class _Emulation:
             await trio.sleep_until(start + round_ * config.period + half_training)
             graph = self._live_graph(round_)
             wanted = {frozenset((self.peer_ids[u], self.peer_ids[v])) for u, v in graph.edges}
-            current = {
-                frozenset((node.peer_id, peer)) for node in self.nodes for peer in node.transport.peers()
-            }
+            current = {frozenset((t.peer_id, peer)) for t in self.transports for peer in t.peers()}
             for a, b in sorted(tuple(sorted(link)) for link in current - wanted):
                 self.network.disconnect(a, b)
             for a, b in sorted(tuple(sorted(link)) for link in wanted - current):
@@ -510,12 +701,9 @@ class _Emulation:
         finally:
             self.running -= 1
 
-    @property
-    def honest_nodes(self) -> list[Node]:
-        return [node for i, node in enumerate(self.nodes) if i not in self.byzantine]
-
     def round_finished(self, node: Node, record: RoundRecord) -> None:
-        """Node observer: track progress and apply churn the moment its round is reached."""
+        """Node observer: track progress and apply churn the moment its round is reached (in a
+        sharded run, at the next barrier: only then do the shards agree on the run's progress)."""
         if self.config.consensus and record.accuracy is not None and node.peer_id not in self.byzantine_peers:
             self.consensus.add(record.round, node.learner.state().flat)
         if record.round <= self.progress:
@@ -523,7 +711,8 @@ class _Emulation:
         self.progress = record.round
         if self.reporter is not None:
             self.reporter.update(self.progress, self.config.rounds)
-        self._apply_due()
+        if self.shard is None:
+            self._apply_due()
 
     def _apply_due(self) -> None:
         """Apply the churn events whose round the run has reached."""
@@ -531,21 +720,55 @@ class _Emulation:
             self._apply(self.pending.pop(0))
 
     async def _monitor(self) -> None:
-        """Return when the run is over: all rounds done, nobody left running, or no progress for long
-        (then the run `stalled`)."""
-        config = self.config
-        progress, changed_at = self.progress, trio.current_time()
+        """Return when the run is over (`simulations.stopping`)."""
+        end = self.end
         while True:
-            await trio.sleep(config.period)
-            if self.running == 0 and not any(e.action == "join" for e in self.pending):
+            await trio.sleep_until(end.next_check)
+            joins = self._joins_pending()
+            if end.over(
+                trio.current_time(), progress=self.progress, running=self.running, joins_pending=joins
+            ):
                 return
-            if config.protocol in EVENT_DRIVEN and self.progress >= config.rounds:
+
+    def _joins_pending(self) -> bool:
+        return any(e.action == "join" for e in self.pending)
+
+    async def _keep_in_step(self, link: ShardLink) -> None:
+        """A shard's barriers (`simulations.shards`): hand over what was sent to other shards and
+        take what they sent here, learn the run's progress, apply the churn it makes due, and run on
+        to the next barrier. Return when the coordinator says the run is over."""
+        network = self.network
+        while True:
+            # Let everything due at this instant run first: then the next deadline is the next event.
+            await trio.testing.wait_all_tasks_blocked()
+            now = trio.current_time()
+            next_event = now + trio.lowlevel.current_statistics().seconds_to_next_deadline
+            outgoing: list[list] = [[] for _ in self.shard.parts]
+            shard_of = self._shard_of
+            for message in network.take_outgoing():
+                outgoing[shard_of[message[2]]].append(message)
+            reply = link.barrier(
+                Barrier(
+                    outgoing,
+                    next_event,
+                    progress=self.progress,
+                    running=self.running,
+                    churn_round=self.pending[0].round if self.pending else None,
+                    joins_pending=self._joins_pending(),
+                )
+            )
+            if reply.stop:
                 return
-            if self.progress > progress:
-                progress, changed_at = self.progress, trio.current_time()
-            elif trio.current_time() - changed_at > config.stall_timeout:
-                self.stalled = True
-                return
+            for message in reply.incoming:
+                network.inject(*message)
+            self.progress = max(self.progress, reply.progress)
+            self._apply_due()
+            await trio.sleep_until(reply.next_barrier)
+
+    @cached_property
+    def _shard_of(self) -> dict[str, int]:
+        """The shard of each node, by peer id."""
+        return {self.peer_ids[i]: k for k, nodes in enumerate(self.shard.parts) for i in nodes}
 
     def _apply(self, event: PlannedEvent) -> None:
         if event.action == "partition":
@@ -557,15 +780,17 @@ class _Emulation:
         for index in event.nodes:
             peer = self.peer_ids[index]
             if event.action == "join":
-                self.nursery.start_soon(self._run_node, index)
+                if index in self.here:
+                    self.nursery.start_soon(self._run_node, index)
                 continue
             self.departed.add(index)
             if event.action == "crash":
                 self.network.crash(peer)
             elif self.config.protocol not in EVENT_DRIVEN:
-                for neighbour in sorted(self.nodes[index].transport.peers()):
+                for neighbour in sorted(self.transports[index].peers()):
                     self.network.disconnect(peer, neighbour)
-            self.scopes[index].cancel()
+            if index in self.here:
+                self.scopes[index].cancel()
 
 
 def _learner_pool(config: EmulationConfig, task: Task) -> LearnerPool | None:

@@ -9,6 +9,7 @@ network's (models, views, pings) up to the instant the round was last recorded.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,9 +18,9 @@ import networkx as nx
 import numpy as np
 import torch
 
-from p2pfl.node import Node
+from p2pfl.node import Node, RoundRecord
 from simulations.churn import PlannedEvent
-from transport.memory import MemoryNetwork
+from transport.memory import TrafficLog
 
 if TYPE_CHECKING:
     from simulations.config import EmulationConfig
@@ -144,6 +145,14 @@ class ConsensusTracker:
         total, squares, count = self._sums.get(round, (torch.zeros_like(flat), 0.0, 0))
         self._sums[round] = (total + flat, squares + float(flat @ flat), count + 1)
 
+    def merge(self, other: ConsensusTracker) -> None:
+        """Add the models `other` tracked (another shard's nodes) to these."""
+        for round_, (total, squares, count) in other._sums.items():
+            mine = self._sums.get(round_)
+            if mine is not None:
+                total, squares, count = total + mine[0], squares + mine[1], count + mine[2]
+            self._sums[round_] = (total, squares, count)
+
     def distance(self, round: int) -> float | None:
         if round not in self._sums:
             return None
@@ -153,11 +162,12 @@ class ConsensusTracker:
 
 
 def summarise_rounds(
-    nodes: list[Node], network: MemoryNetwork, consensus: ConsensusTracker | None = None
+    histories: Iterable[list[RoundRecord]], traffic: TrafficLog, consensus: ConsensusTracker | None = None
 ) -> list[RoundSummary]:
+    """A row per evaluated round from the honest nodes' `histories` and the network's traffic."""
     by_round: dict[int, list[tuple[float, float]]] = defaultdict(list)
-    for node in nodes:
-        for record in node.history:
+    for history in histories:
+        for record in history:
             if record.accuracy is not None:
                 by_round[record.round].append((record.accuracy, record.time))
     summaries = []
@@ -171,8 +181,8 @@ def summarise_rounds(
                 min_accuracy=min(accuracies),
                 max_accuracy=max(accuracies),
                 nodes=len(accuracies),
-                bytes_sent=network.bytes_sent(until=until),
-                messages_sent=network.messages_sent(until=until),
+                bytes_sent=traffic.bytes_sent(until=until),
+                messages_sent=traffic.messages_sent(until=until),
                 virtual_time=until,
                 consensus_distance=consensus.distance(round_) if consensus is not None else None,
             )
@@ -181,10 +191,11 @@ def summarise_rounds(
 
 
 def summarise_nodes(
-    nodes: list[Node], *, byzantine: frozenset[int], traces: bool = False
+    nodes: Iterable[tuple[int, Node]], *, byzantine: frozenset[int], traces: bool = False
 ) -> list[NodeSummary]:
+    """A summary per node, from (index, node) pairs."""
     summaries = []
-    for index, node in enumerate(nodes):
+    for index, node in nodes:
         stats = node.transport.stats
         accuracy = next((r.accuracy for r in reversed(node.history) if r.accuracy is not None), None)
         summaries.append(

@@ -40,6 +40,7 @@ from transport.links import Link, LinkParams, group_index
 log = logging.getLogger(__name__)
 
 _OUTSIDE = -1  # the group of peers a partition does not name
+_ALWAYS_UP = Link(LinkParams())  # for messages from a remote peer with no link to the recipient
 
 
 @asynccontextmanager
@@ -105,11 +106,11 @@ class MemoryNetwork:
         # containers). An entry lives while the heap holds the frame, so its id cannot be reused.
         self._decoded: dict[int, list] = {}
         self._wake: trio.CancelScope | None = None  # the delivery task's sleep, until the next arrival
-        # Network-wide traffic as steps: at virtual instant times[i], bytes[i] bytes and
-        # messages[i] messages had been sent in all (cumulative).
-        self._traffic_times: list[float] = []
-        self._traffic_bytes: list[int] = []
-        self._traffic_messages: list[int] = []
+        self.traffic = TrafficLog()
+        # Peers that live in another process (`mark_remote`) and the messages sent to them since the
+        # last `take_outgoing`: (arrival instant, sender, recipient, frame, topic).
+        self._remote: frozenset[PeerId] = frozenset()
+        self._outgoing: list[tuple[float, PeerId, PeerId, bytes, str | None]] = []
         nursery.start_soon(self._deliver_forever)
 
     @property
@@ -147,15 +148,42 @@ class MemoryNetwork:
 
     def bytes_sent(self, *, until: float | None = None) -> int:
         """Bytes sent by all peers together, up to and including virtual instant `until` (default: now)."""
-        return self._traffic_until(self._traffic_bytes, until)
+        return self.traffic.bytes_sent(until=until)
 
     def messages_sent(self, *, until: float | None = None) -> int:
         """Messages sent by all peers together, up to and including virtual instant `until`."""
-        return self._traffic_until(self._traffic_messages, until)
+        return self.traffic.messages_sent(until=until)
 
-    def _traffic_until(self, totals: list[int], until: float | None) -> int:
-        index = len(totals) if until is None else bisect.bisect_right(self._traffic_times, until)
-        return totals[index - 1] if index else 0
+    def mark_remote(self, peers: Collection[PeerId]) -> None:
+        """Declare `peers` as living in another process: messages to them are not delivered here but
+        kept for `take_outgoing`, and their copies arrive through `inject` there.
+
+        A sharded emulation runs one network per process, each with every peer and link, and moves
+        the messages between shards itself. Links, crashes and partitions stay this network's: the
+        sender's side decides queuing and loss, the recipient's side the rest.
+        """
+        unknown = set(peers) - self._transports.keys()
+        if unknown:
+            raise KeyError(f"unknown peers {sorted(unknown)[:3]}")
+        self._remote = frozenset(peers)
+
+    def take_outgoing(self) -> list[tuple[float, PeerId, PeerId, bytes, str | None]]:
+        """The messages sent to remote peers since the last call: (arrival, sender, recipient, frame,
+        topic), in send order."""
+        outgoing, self._outgoing = self._outgoing, []
+        return outgoing
+
+    def inject(
+        self, arrival: float, sender: PeerId, recipient: PeerId, frame: bytes, topic: str | None
+    ) -> None:
+        """Put a message that a remote `sender` sent on its way to local `recipient`, arriving at
+        `arrival` (not before now). It is then delivered as if sent here, unless the link goes down,
+        the recipient crashes or a partition separates them before it arrives."""
+        if arrival < trio.current_time():
+            raise ValueError(f"a message cannot arrive in the past ({arrival} < {trio.current_time()})")
+        target = self._transports[recipient]
+        link = target._links.get(sender) or _ALWAYS_UP
+        self._schedule(arrival, target, sender, frame, topic, link)
 
     def add_peer(self, peer_id: PeerId) -> MemoryTransport:
         if peer_id in self._transports:
@@ -218,13 +246,7 @@ class MemoryNetwork:
         stats.bytes_sent += size
         stats.messages_sent += 1
         now = trio.current_time()
-        times, total_bytes, total_messages = self._traffic_times, self._traffic_bytes, self._traffic_messages
-        if not times or times[-1] != now:
-            times.append(now)
-            total_bytes.append(total_bytes[-1] if total_bytes else 0)
-            total_messages.append(total_messages[-1] if total_messages else 0)
-        total_bytes[-1] += size
-        total_messages[-1] += 1
+        self.traffic.record(now, size)
         if sender.peer_id in self._crashed:
             return
         link = (
@@ -238,9 +260,21 @@ class MemoryNetwork:
             return
         if recipient.peer_id in self._crashed or self.separated(sender.peer_id, recipient.peer_id):
             return
-        heapq.heappush(
-            self._in_flight, (arrival, next(self._order), recipient, sender.peer_id, frame, topic, link)
-        )
+        if recipient.peer_id in self._remote:
+            self._outgoing.append((arrival, sender.peer_id, recipient.peer_id, frame, topic))
+            return
+        self._schedule(arrival, recipient, sender.peer_id, frame, topic, link)
+
+    def _schedule(
+        self,
+        arrival: float,
+        recipient: MemoryTransport,
+        sender: PeerId,
+        frame: bytes,
+        topic: str | None,
+        link: Link,
+    ) -> None:
+        heapq.heappush(self._in_flight, (arrival, next(self._order), recipient, sender, frame, topic, link))
         entry = self._decoded.get(id(frame))
         if entry is None:
             self._decoded[id(frame)] = [frame, 1, None]
@@ -279,6 +313,45 @@ class MemoryNetwork:
             return codec.decode(frame, limits=self.limits)
         except DecodeError as exc:
             return exc
+
+
+class TrafficLog:
+    """A network's traffic as cumulative steps: at virtual instant times[i], bytes[i] bytes and
+    messages[i] messages had been sent in all. Logs of several networks (shards) merge into one."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self.bytes: list[int] = []
+        self.messages: list[int] = []
+
+    def record(self, now: float, size: int) -> None:
+        times, total_bytes, total_messages = self.times, self.bytes, self.messages
+        if not times or times[-1] != now:
+            times.append(now)
+            total_bytes.append(total_bytes[-1] if total_bytes else 0)
+            total_messages.append(total_messages[-1] if total_messages else 0)
+        total_bytes[-1] += size
+        total_messages[-1] += 1
+
+    def bytes_sent(self, *, until: float | None = None) -> int:
+        return self._until(self.bytes, until)
+
+    def messages_sent(self, *, until: float | None = None) -> int:
+        return self._until(self.messages, until)
+
+    def _until(self, totals: list[int], until: float | None) -> int:
+        index = len(totals) if until is None else bisect.bisect_right(self.times, until)
+        return totals[index - 1] if index else 0
+
+    @classmethod
+    def merged(cls, logs: Sequence[TrafficLog]) -> TrafficLog:
+        """One log of the traffic of all `logs` together."""
+        merged = cls()
+        merged.times = sorted({t for log in logs for t in log.times})
+        for t in merged.times:
+            merged.bytes.append(sum(log.bytes_sent(until=t) for log in logs))
+            merged.messages.append(sum(log.messages_sent(until=t) for log in logs))
+        return merged
 
 
 class MemoryTransport(Transport):

@@ -50,7 +50,7 @@ def test_transfer_nodes_exchange_only_the_output_layer_and_hold_only_their_class
     emulation = _built(config)
     assert len(emulation.byzantine) == 3
     rank = 0
-    for index, node in enumerate(emulation.nodes):
+    for index, node in emulation.nodes.items():
         state = node.learner.state()
         assert state.layout.names == ("weight", "bias")
         assert list(state.tensor("weight").shape) == [10, 32]

@@ -59,6 +59,7 @@ GOOD = {
     "record_nodes": "true",
     "batched_training": "false",
     "seconds_per_step": "0.002",
+    "shards": "2",
     "seed": "7",
 }
 
@@ -79,6 +80,9 @@ BAD = [
     ("seed", 'seed = "seven"', "seed must be an integer, got 'seven'"),
     ("seed", "seed = -1", "seed must be >= 0, got -1"),  # numpy's SeedSequence would refuse it later
     ("torch_threads", "torch_threads = 0", "torch_threads must be >= 1, got 0"),
+    ("shards", "shards = 0", "shards must be between 1 and nodes (6), got 0"),
+    ("shards", "shards = 7", "shards must be between 1 and nodes (6), got 7"),
+    ("shards", 'shards = "two"', "shards must be an integer, got 'two'"),
     ("stall_timeout", 'stall_timeout = "long"', "stall_timeout must be a number, got 'long'"),
     ("stall_timeout", "stall_timeout = 0", "stall_timeout must be > 0 and finite, got 0.0"),
     ("stall_timeout", "stall_timeout = inf", "stall_timeout must be > 0 and finite, got inf"),
