@@ -26,7 +26,7 @@ def sim() -> None:
     """Emulate a network of nodes in virtual time."""
 
 
-_SCENARIO_COMPATIBLE = {"scenario", "seed", "json_path", "csv_dir", "plots_dir", "progress", "jobs"}
+_SCENARIO_COMPATIBLE = {"scenario", "seed", "json_path", "csv_dir", "plots_dir", "progress", "jobs", "shards"}
 
 
 @sim.command()
@@ -97,6 +97,13 @@ _SCENARIO_COMPATIBLE = {"scenario", "seed", "json_path", "csv_dir", "plots_dir",
     help="With a scenario file: run up to this many variants at once, each in a process of its own "
     "(one core each; same results).",
 )
+@click.option(
+    "--shards",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Run each emulation's nodes in this many processes kept in step (one core each; results "
+    "differ from other shard counts only where events share an instant) [default: 1, or the file's].",
+)
 @click.pass_context
 def run(
     ctx: click.Context,
@@ -118,11 +125,12 @@ def run(
     plots_dir: Path | None,
     progress: bool | None,
     jobs: int,
+    shards: int | None,
 ) -> None:
     """Run SCENARIO (a TOML file), or an emulation on digits set up by the options.
 
     With no arguments: gossip learning on 16 nodes of a random 4-regular graph. With a scenario
-    file, only --seed, --json, --csv, --plots, --progress and --jobs may be given as well.
+    file, only --seed, --json, --csv, --plots, --progress, --jobs and --shards may be given as well.
     """
     if scenario is not None:
         given = {
@@ -138,6 +146,7 @@ def run(
             outputs=(json_path, csv_dir, plots_dir),
             progress=progress,
             jobs=jobs,
+            shards=shards,
         )
         return
     if jobs != 1:
@@ -160,6 +169,7 @@ def run(
             local_steps=local_steps,
             period=period,
             seed=seed,
+            shards=shards or 1,
         )
         check_topology_size(config)
         task = make_task(config)
@@ -180,7 +190,8 @@ _VARIANTS_LISTED = 6  # `check` names a file's variants up to this many
     "scenarios", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path)
 )
 @click.option("--seed", type=int, help="Check with this seed in every variant, as `run --seed` would run.")
-def check(scenarios: tuple[Path, ...], seed: int | None) -> None:
+@click.option("--shards", type=click.IntRange(min=1), help="Check with this many shards, as `run --shards`.")
+def check(scenarios: tuple[Path, ...], seed: int | None, shards: int | None) -> None:
     """Check SCENARIOS (TOML files) without running them.
 
     Every field of every variant is validated, and so is what only a run's setup would refuse (a
@@ -192,7 +203,7 @@ def check(scenarios: tuple[Path, ...], seed: int | None) -> None:
     for path in scenarios:
         _importable_beside(path)
         try:
-            scenario, _ = check_scenario(path, seed=seed)
+            scenario, _ = check_scenario(path, seed=seed, shards=shards)
         except ConfigError as exc:
             invalid += 1
             click.echo(str(exc), err=True)
@@ -285,10 +296,11 @@ def _run_scenario(
     outputs: tuple[Path | None, Path | None, Path | None],
     progress: bool | None,
     jobs: int,
+    shards: int | None,
 ) -> None:
     _importable_beside(path)
     try:
-        scenario, tasks = check_scenario(path, seed=seed)
+        scenario, tasks = check_scenario(path, seed=seed, shards=shards)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from exc
     _prepare_outputs(*outputs)

@@ -68,15 +68,17 @@ class Scenario:
     variants: tuple[Variant, ...]
 
 
-def load_scenario(path: str | Path, *, seed: int | None = None) -> Scenario:
-    """Read and validate a scenario file; `seed` overrides every variant's seed."""
+def load_scenario(path: str | Path, *, seed: int | None = None, shards: int | None = None) -> Scenario:
+    """Read and validate a scenario file; `seed` and `shards` override every variant's."""
     spec, path = _read(path)
-    loaded, problems = _variants(spec, path, seed)
+    loaded, problems = _variants(spec, path, _overrides(seed=seed, shards=shards))
     _raise_all(problems)
     return _scenario(spec, loaded)
 
 
-def check_scenario(path: str | Path, *, seed: int | None = None) -> tuple[Scenario, dict[str, Task]]:
+def check_scenario(
+    path: str | Path, *, seed: int | None = None, shards: int | None = None
+) -> tuple[Scenario, dict[str, Task]]:
     """`load_scenario` and `check_variants` at once, for a file that may hold several mistakes.
 
     Variants whose fields are valid get the run checks even when others' fields are not, so one
@@ -84,7 +86,7 @@ def check_scenario(path: str | Path, *, seed: int | None = None) -> tuple[Scenar
     of the file. Otherwise returns the scenario with each variant's task.
     """
     spec, path = _read(path)
-    loaded, problems = _variants(spec, path, seed)
+    loaded, problems = _variants(spec, path, _overrides(seed=seed, shards=shards))
     tasks, late = _run_checks(loaded)
     _raise_all(sorted([*problems, *((index, f"{path}: {message}") for index, message in late)]))
     return _scenario(spec, loaded), tasks
@@ -113,8 +115,13 @@ def _read(path: str | Path) -> tuple[_ScenarioFile, Path]:
 _Problem = tuple[int, str]
 
 
+def _overrides(**fields: int | None) -> dict[str, int]:
+    """The fields given (not None), to replace in every variant."""
+    return {name: value for name, value in fields.items() if value is not None}
+
+
 def _variants(
-    spec: _ScenarioFile, path: Path, seed: int | None
+    spec: _ScenarioFile, path: Path, overrides: dict[str, int]
 ) -> tuple[list[tuple[int, Variant]], list[_Problem]]:
     """The variants whose fields are valid, each with its index in the file, and the others' problems."""
     raw_variants = spec.variants or [{"name": "default"}]
@@ -130,7 +137,7 @@ def _variants(
             problems.append((index, f"{where}.name: duplicate variant name {name!r}"))
             continue
         names.add(name)
-        merged = {**spec.base, **fields, **({"seed": seed} if seed is not None else {})}
+        merged = {**spec.base, **fields, **overrides}
         if isinstance(merged.get("topology_file"), str):  # relative to the scenario, not the shell
             merged["topology_file"] = str(path.parent / merged["topology_file"])
         try:

@@ -192,3 +192,31 @@ def test_sim_run_takes_the_protocol_and_the_rule(tmp_path):
     assert refused.exit_code == 2 and "aggregation: unknown rule 'krumm'" in refused.output
     refused = CliRunner().invoke(main, [*args, "--protocol", "flood"])
     assert refused.exit_code == 2 and "'flood' is not one of" in refused.output
+
+
+def test_sim_run_shards_overrides_a_scenario_and_runs_beside_jobs(tmp_path):
+    scenario = tmp_path / "s.toml"
+    scenario.write_text(
+        'name = "cli"\n[base]\nnodes = 8\nrounds = 2\ntopology = "ring"\nprotocol = "dpsgd"\n'
+        '[[variants]]\nname = "a"\n[[variants]]\nname = "b"\nseed = 1\n'
+    )
+    out = tmp_path / "out.json"
+    args = ["sim", "run", str(scenario), "--shards", "2", "--jobs", "2", "--json", str(out)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    variants = json.loads(out.read_text())["variants"]
+    assert {name: v["config"]["shards"] for name, v in variants.items()} == {"a": 2, "b": 2}
+    assert all(v["node_rounds"] == 16 for v in variants.values())
+
+    result = CliRunner().invoke(main, ["sim", "run", "--nodes", "8", "--rounds", "1", "--shards", "2"])
+    assert result.exit_code == 0, result.output
+
+
+def test_sim_check_shards_refuses_shards_without_latency_between_them(tmp_path):
+    scenario = tmp_path / "s.toml"
+    scenario.write_text('name = "instant"\n[base]\nnodes = 8\nrounds = 2\ntopology = "ring"\nlatency = 0.0\n')
+    runner = CliRunner()
+    assert runner.invoke(main, ["sim", "check", str(scenario)]).exit_code == 0
+    result = runner.invoke(main, ["sim", "check", str(scenario), "--shards", "2"])
+    assert result.exit_code == 1
+    assert "shards: 2 shards need every message between them to take time" in result.stderr

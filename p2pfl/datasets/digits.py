@@ -19,7 +19,7 @@ def load_digits(*, test_fraction: float = 0.2, seed: int = 0) -> tuple[TensorDat
     """A seeded stratified train/test split, features scaled to [0, 1] as float32."""
     if not 0 < test_fraction < 1:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
-    data, target = _digits_arrays()
+    data, target = digits_arrays()
     features = (data / 16.0).astype(np.float32)
     labels = target.astype(np.int64)
     rng = np.random.default_rng(seed)
@@ -36,7 +36,7 @@ def load_digits(*, test_fraction: float = 0.2, seed: int = 0) -> tuple[TensorDat
     return subset(~test_mask), subset(test_mask)
 
 
-def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
     """(1797 x 64 pixel values 0-16, 1797 labels), from the file scikit-learn ships."""
     spec = importlib.util.find_spec("sklearn")  # locates the package without importing it
     locations = list(spec.submodule_search_locations or []) if spec else []

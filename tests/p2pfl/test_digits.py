@@ -1,11 +1,11 @@
 import numpy as np
 from sklearn.datasets import load_digits as sklearn_digits
 
-from p2pfl.datasets.digits import _digits_arrays, load_digits
+from p2pfl.datasets.digits import digits_arrays, load_digits
 
 
 def test_the_shipped_file_is_read_as_scikit_learn_reads_it():
-    data, target = _digits_arrays()
+    data, target = digits_arrays()
     reference = sklearn_digits()
     np.testing.assert_array_equal(data, reference.data)
     np.testing.assert_array_equal(target, reference.target)
