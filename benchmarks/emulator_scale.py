@@ -7,7 +7,9 @@ Three kinds of case, each run in its own subprocess so that its peak RSS is its 
   flat parameter vector with its neighbours on a random 4-regular graph over trio memory channels,
   then averaging. The floor of what "N torch models in one Python process" costs.
 * ``dpsgd``: the emulator running D-PSGD on a random 4-regular graph with the synthetic task, one
-  local step per round, evaluated only after the last round.
+  local step per round, evaluated only after the last round; ``dpsgd xK`` the same run in K shards
+  (``--dpsgd-shards``; processes kept in step, simulations/shards.py), whose build happens in the
+  shards and so counts in ``run``, as does starting them, and whose RSS is all its processes'.
 * ``modest``: the emulator running MoDeST (s=10 by default) with the synthetic task; only the first
   30 nodes of order(1) check whether they train round 1 (``--modest-start-depth``; 0 makes every
   node check, which costs N x s pings at the start).
@@ -145,6 +147,8 @@ def _emulate(config_kwargs: dict) -> dict:
         "accuracy": None if last is None else last.mean_accuracy,
         "messages": result.messages_sent,
         "bytes": result.bytes_sent,
+        "shards": result.config.shards,
+        "shards_rss_mib": result.peak_rss_mib if result.config.shards > 1 else 0.0,
     }
 
 
@@ -166,8 +170,8 @@ def _synthetic(protocol: str, nodes: int, rounds: int, seed: int, **extra: objec
     )
 
 
-def case_dpsgd(nodes: int, rounds: int, seed: int) -> dict:
-    return _synthetic("dpsgd", nodes, rounds, seed)
+def case_dpsgd(nodes: int, rounds: int, seed: int, shards: int = 1) -> dict:
+    return _synthetic("dpsgd", nodes, rounds, seed, shards=shards)
 
 
 def case_modest(nodes: int, rounds: int, seed: int, s: int = 10, start_depth: int | None = None) -> dict:
@@ -204,8 +208,15 @@ def _child(spec: dict, profile: str | None) -> None:
         profiler.dump_stats(profile)
     else:
         result = CASES[kind](nodes, rounds, seed, **spec)
-    result.update(kind=kind, nodes=nodes, rounds=rounds, peak_rss_mib=_peak_rss_mib())
+    # A sharded run's own figure covers all its processes (this one included).
+    peak_rss_mib = result.pop("shards_rss_mib", 0.0) or _peak_rss_mib()
+    result.update(kind=kind, nodes=nodes, rounds=rounds, peak_rss_mib=peak_rss_mib)
     print(json.dumps(result))
+
+
+def _name(r: dict) -> str:
+    """The case's kind, with its shard count when there are several."""
+    return r["kind"] if r.get("shards", 1) == 1 else f"{r['kind']} x{r['shards']}"
 
 
 def _rate(r: dict) -> float:
@@ -219,14 +230,15 @@ def _table(results: list[dict], *, header: bool = True) -> str:
     )
     lines = [head, "-" * len(head)] if header else []
     for r in results:
+        name = _name(r)
         if "error" in r:
-            lines.append(f"{r['kind']:<9}{r['nodes']:>8}{r['rounds']:>7}  failed (exit {r['error']})")
+            lines.append(f"{name:<9}{r['nodes']:>8}{r['rounds']:>7}  failed (exit {r['error']})")
             continue
         ratio = f"{r['x_base']:8.3f}" if r.get("x_base") else f"{'':>8}"
         per_min = f"{60 * r['rounds'] / r['wall_s']:9.1f}" if r["kind"] == "modest" else f"{'':>9}"
         note = "" if not r.get("stalled") else "  STALLED"
         lines.append(
-            f"{r['kind']:<9}{r['nodes']:>8}{r['rounds']:>7}{r['wall_s']:9.1f}{r['build_s']:9.1f}"
+            f"{name:<9}{r['nodes']:>8}{r['rounds']:>7}{r['wall_s']:9.1f}{r['build_s']:9.1f}"
             f"{r['run_s']:9.1f}{r['run_cpu_s']:9.1f}{r['peak_rss_mib']:9.0f}{_rate(r):12.0f}{ratio}{per_min}{note}"
         )
     return "\n".join(lines)
@@ -238,7 +250,7 @@ def _medians(results: list[dict]) -> list[dict]:
     cases: dict[tuple[str, int], list[dict]] = {}
     for r in results:
         if "error" not in r:
-            cases.setdefault((r["kind"], r["nodes"]), []).append(r)
+            cases.setdefault((_name(r), r["nodes"]), []).append(r)
     medians = []
     for runs in cases.values():
         middle = dict(sorted(runs, key=lambda r: r["run_s"])[(len(runs) - 1) // 2])
@@ -256,6 +268,13 @@ def main() -> None:
     parser.add_argument("--baseline-rounds", type=int, default=10)
     parser.add_argument("--dpsgd-nodes", type=int, nargs="*", default=[1000, 10000])
     parser.add_argument("--dpsgd-rounds", type=int, default=5)
+    parser.add_argument(
+        "--dpsgd-shards",
+        type=int,
+        nargs="*",
+        default=[1, 2],
+        help="run each D-PSGD case with each of these shard counts (processes, one core each)",
+    )
     parser.add_argument("--modest-nodes", type=int, nargs="*", default=[1000, 10000, 100000])
     parser.add_argument("--modest-rounds", type=int, default=5)
     parser.add_argument("--modest-s", type=int, default=10)
@@ -286,11 +305,15 @@ def main() -> None:
         args.dpsgd_nodes, args.dpsgd_rounds = [1000], 3
         args.modest_nodes, args.modest_rounds = [1000], 3
 
-    def profile_path(kind: str, nodes: int) -> str | None:
+    def profile_path(kind: str, nodes: int) -> str | None:  # a sharded case profiles its coordinator
         return f"{args.profile}-{kind}-{nodes}.prof" if args.profile else None
 
     cases = [("baseline", args.baseline_nodes, args.baseline_rounds, {})] if args.baseline_nodes else []
-    cases += [("dpsgd", nodes, args.dpsgd_rounds, {}) for nodes in args.dpsgd_nodes]
+    cases += [
+        ("dpsgd", nodes, args.dpsgd_rounds, {} if shards == 1 else {"shards": shards})
+        for nodes in args.dpsgd_nodes
+        for shards in args.dpsgd_shards
+    ]
     extra = {"s": args.modest_s, "start_depth": args.modest_start_depth or None}
     cases += [("modest", nodes, args.modest_rounds, extra) for nodes in args.modest_nodes]
     results = []

@@ -106,9 +106,10 @@ def run_emulation(
         graph = _graph(config, 0)
     started = time.perf_counter()
     if config.shards > 1:
-        parts = _run_in_shards(config, task, graph, progress)
+        parts, stalled = _run_in_shards(config, task, graph, progress)
     else:
         parts = [_run_part(config, task, graph, progress, None)]
+        stalled = parts[0].stalled
     failure = next((part.failure for part in parts if part.failure is not None), None)
     if failure is not None:
         raise failure from failure.cause
@@ -128,11 +129,11 @@ def run_emulation(
         nodes=[summary for _, summary in sorted(pair for part in parts for pair in part.nodes)],
         churn=plan,
         wall_s=wall_s,
-        stalled=any(part.stalled for part in parts),
+        stalled=stalled,
         rounds_reached=max(part.progress for part in parts),
         node_rounds=sum(part.node_rounds for part in parts),
-        # KiB on Linux; a sharded run's processes together (this one waits on them, small)
-        peak_rss_mib=sum(part.peak_rss_mib for part in parts) if len(parts) > 1 else parts[0].peak_rss_mib,
+        # A sharded run's processes together: the shards and this one, which holds the task and graph.
+        peak_rss_mib=sum(part.peak_rss_mib for part in parts) + (_rss_mib() if len(parts) > 1 else 0.0),
         graph=nx.relabel_nodes(graph, {label: i for i, label in enumerate(node_order(graph))}),
         topology=topology,
     )
@@ -192,8 +193,13 @@ def _run_part(
         progress=emulation.progress,
         stalled=emulation.end.stalled,
         failure=emulation.failure,
-        peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # KiB on Linux
+        peak_rss_mib=_rss_mib(),
     )
+
+
+def _rss_mib() -> float:
+    """This process's peak resident memory."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 @dataclass(frozen=True)
@@ -211,8 +217,9 @@ class _Shard:
 
 def _run_in_shards(
     config: EmulationConfig, task: Task, graph: nx.Graph, progress: ProgressReporter | None
-) -> list[_Part]:
-    """Run `config.shards` processes of the run at once, each its own block of nodes (`shards.py`)."""
+) -> tuple[list[_Part], bool]:
+    """Run `config.shards` processes of the run at once, each a part of the nodes (`shards.py`);
+    return their parts and whether the run stalled (which the coordinator judges)."""
     parts = _split_nodes(config, graph)
     context = multiprocessing.get_context("spawn")  # no fork of a process whose torch threads run
     pipes = [context.Pipe() for _ in parts]
@@ -220,7 +227,7 @@ def _run_in_shards(
         context.Process(target=_shard_main, args=(child,), name=f"p2pfl-shard-{index}")
         for index, (_, child) in enumerate(pipes)
     ]
-    reached = 0
+    reached, end = 0, _run_end(config)
 
     def on_progress(round_: int) -> None:
         nonlocal reached
@@ -238,7 +245,7 @@ def _run_in_shards(
         outcomes = coordinate(
             [parent for parent, _ in pipes],
             lookahead=_lookahead(config, graph, parts),
-            end=_run_end(config),
+            end=end,
             on_progress=on_progress,
         )
     except EOFError:
@@ -251,7 +258,7 @@ def _run_in_shards(
     for outcome in outcomes:
         if isinstance(outcome, BaseException):  # a shard that could not run at all
             raise outcome
-    return outcomes  # type: ignore[return-value]
+    return outcomes, end.stalled  # type: ignore[return-value]
 
 
 def _shard_main(connection: Connection) -> None:

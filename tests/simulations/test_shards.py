@@ -177,6 +177,25 @@ def test_a_node_failing_in_a_shard_stops_every_shard_with_its_error(tmp_path, mo
     assert str(caught.value.cause) == "the protocol broke"
 
 
+def test_a_sharded_run_whose_nodes_record_nothing_stalls(tmp_path, monkeypatch):
+    (tmp_path / "idle_protocol.py").write_text(
+        "from dataclasses import dataclass\n"
+        "import trio\n"
+        "from gossip.protocol import RoundProtocol\n\n"
+        "@dataclass(frozen=True)\n"
+        "class Idle(RoundProtocol):\n"
+        "    rounds: int\n"
+        "    period: float\n"
+        "    seed: int\n\n"
+        "    async def run(self, transport, learning):\n"
+        "        await trio.sleep_forever()\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    config = EmulationConfig(**{**SMALL, "protocol": "idle_protocol:Idle"}, stall_timeout=5.0, shards=2)
+    result = run_emulation(config)
+    assert result.stalled and result.rounds_reached == 0 and result.node_rounds == 0
+
+
 def test_sharding_needs_links_between_shards_to_take_time(tmp_path):
     with pytest.raises(ConfigError, match="2 shards need every message between them to take time"):
         check_run(EmulationConfig(**SMALL, latency=0.0, shards=2))
