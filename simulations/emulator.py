@@ -238,6 +238,8 @@ def _run_in_shards(
     try:
         for process in processes:
             process.start()
+        for _, child in pipes:
+            child.close()  # the shard's now: a shard that dies then reads as the end of its pipe here
         # The run's parts go through the pipes once every process has started: as arguments of
         # `Process`, a large graph held each start until the process before had imported torch.
         for index, (parent, _) in enumerate(pipes):
@@ -251,8 +253,10 @@ def _run_in_shards(
     except EOFError:
         raise RuntimeError("a shard's process ended without a word (killed, or out of memory?)") from None
     finally:
+        for parent, _ in pipes:
+            parent.close()  # shards still waiting at a barrier (after an error here) read the end
         for process in processes:
-            process.join(timeout=10)
+            process.join(timeout=5)  # a shard exits as soon as it has handed its part over
             if process.is_alive():
                 process.kill()
     for outcome in outcomes:
@@ -273,8 +277,11 @@ def _shard_main(connection: Connection) -> None:
         part: object = _run_part(config, task, graph, None, _Shard(index, parts, link))
     except BaseException as exc:
         part = exc
-    link.done(part)
-    connection.close()
+    try:
+        link.done(part)
+        connection.close()
+    except OSError:
+        pass  # the coordinator is gone (another shard failed): nobody to tell
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)

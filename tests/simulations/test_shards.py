@@ -36,6 +36,30 @@ def _comparable(result) -> dict:
     return {k: v for k, v in summary.items() if k not in TIMINGS}
 
 
+def _own_protocol(tmp_path, monkeypatch, module: str, *body: str) -> str:
+    """A protocol of one's own whose `run` is `body` (lines), importable in the shards' processes."""
+    lines = [f"        {line}" for line in body]
+    (tmp_path / f"{module}.py").write_text(
+        "\n".join(
+            [
+                "from dataclasses import dataclass",
+                "import trio",
+                "from gossip.protocol import RoundProtocol",
+                "@dataclass(frozen=True)",
+                "class Protocol(RoundProtocol):",
+                "    rounds: int",
+                "    period: float",
+                "    seed: int",
+                "    async def run(self, transport, learning):",
+                *lines,
+                "",
+            ]
+        )
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))  # spawned processes get the parent's path
+    return f"{module}:Protocol"
+
+
 def _without_consensus(row):
     return dataclasses.replace(row, consensus_distance=None)
 
@@ -155,43 +179,39 @@ def test_churn_and_partitions_apply_in_every_shard():
 
 
 def test_a_node_failing_in_a_shard_stops_every_shard_with_its_error(tmp_path, monkeypatch):
-    (tmp_path / "late_failure.py").write_text(
-        "from dataclasses import dataclass\n"
-        "import trio\n"
-        "from gossip.protocol import RoundProtocol\n\n"
-        "@dataclass(frozen=True)\n"
-        "class FailsLate(RoundProtocol):\n"
-        "    rounds: int\n"
-        "    period: float\n"
-        "    seed: int\n\n"
-        "    async def run(self, transport, learning):\n"
-        "        await trio.sleep(2.5)\n"
-        "        if transport.peer_id == 'n00017':\n"
-        "            raise RuntimeError('the protocol broke')\n"
-        "        await trio.sleep_forever()\n"
+    protocol = _own_protocol(
+        tmp_path,
+        monkeypatch,
+        "late_failure",
+        "await trio.sleep(2.5)",
+        "if transport.peer_id == 'n00017':",
+        "    raise RuntimeError('the protocol broke')",
+        "await trio.sleep_forever()",
     )
-    monkeypatch.syspath_prepend(str(tmp_path))  # spawned processes get the parent's path
-    config = EmulationConfig(**{**SMALL, "protocol": "late_failure:FailsLate"}, shards=2)
+    config = EmulationConfig(**{**SMALL, "protocol": protocol}, shards=2)
     with pytest.raises(NodeFailed, match=r"^node 17 \(n00017\) failed at virtual time 2.5 s") as caught:
         run_emulation(config)
     assert str(caught.value.cause) == "the protocol broke"
 
 
-def test_a_sharded_run_whose_nodes_record_nothing_stalls(tmp_path, monkeypatch):
-    (tmp_path / "idle_protocol.py").write_text(
-        "from dataclasses import dataclass\n"
-        "import trio\n"
-        "from gossip.protocol import RoundProtocol\n\n"
-        "@dataclass(frozen=True)\n"
-        "class Idle(RoundProtocol):\n"
-        "    rounds: int\n"
-        "    period: float\n"
-        "    seed: int\n\n"
-        "    async def run(self, transport, learning):\n"
-        "        await trio.sleep_forever()\n"
+def test_a_shard_whose_process_dies_ends_the_run_with_an_error(tmp_path, monkeypatch):
+    protocol = _own_protocol(
+        tmp_path,
+        monkeypatch,
+        "dies",
+        "await trio.sleep(1.5)",
+        "if transport.peer_id == 'n00005':",
+        "    import os",
+        "    os._exit(3)  # as if killed: no word to the coordinator",
+        "await trio.sleep_forever()",
     )
-    monkeypatch.syspath_prepend(str(tmp_path))
-    config = EmulationConfig(**{**SMALL, "protocol": "idle_protocol:Idle"}, stall_timeout=5.0, shards=2)
+    with pytest.raises(RuntimeError, match="a shard's process ended without a word"):
+        run_emulation(EmulationConfig(**{**SMALL, "protocol": protocol}, shards=2))
+
+
+def test_a_sharded_run_whose_nodes_record_nothing_stalls(tmp_path, monkeypatch):
+    protocol = _own_protocol(tmp_path, monkeypatch, "idle", "await trio.sleep_forever()")
+    config = EmulationConfig(**{**SMALL, "protocol": protocol}, stall_timeout=5.0, shards=2)
     result = run_emulation(config)
     assert result.stalled and result.rounds_reached == 0 and result.node_rounds == 0
 
