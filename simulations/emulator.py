@@ -220,9 +220,8 @@ def _run_in_shards(
 ) -> tuple[list[_Part], bool]:
     """Run `config.shards` processes of the run at once, each a part of the nodes (`shards.py`);
     return their parts and whether the run stalled (which the coordinator judges)."""
-    parts = _split_nodes(config, graph)
     context = multiprocessing.get_context("spawn")  # no fork of a process whose torch threads run
-    pipes = [context.Pipe() for _ in parts]
+    pipes = [context.Pipe() for _ in range(config.shards)]
     processes = [
         context.Process(target=_shard_main, args=(child,), name=f"p2pfl-shard-{index}")
         for index, (_, child) in enumerate(pipes)
@@ -240,6 +239,7 @@ def _run_in_shards(
             process.start()
         for _, child in pipes:
             child.close()  # the shard's now: a shard that dies then reads as the end of its pipe here
+        parts = _split_nodes(config, graph)  # while the shards import torch
         # The run's parts go through the pipes once every process has started: as arguments of
         # `Process`, a large graph held each start until the process before had imported torch.
         for index, (parent, _) in enumerate(pipes):
