@@ -100,7 +100,7 @@ class Barrier:
     """What a shard hands over at a barrier.
 
     `outgoing[k]`: the messages for shard k sent since the last barrier. `next_event`: when the
-    shard next has something to do (now, if tasks are still runnable). `progress`: the newest round
+    shard next has something to do, once everything due at this instant has run. `progress`: the newest round
     one of its nodes recorded; `running`: how many of its nodes run. `churn_round`: the round of
     the next churn event not yet applied and `joins_pending` whether a join is among those left
     (both the same in every shard).
