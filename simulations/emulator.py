@@ -67,7 +67,18 @@ from simulations.results import (
     topology_source,
 )
 from simulations.seeds import derive_seed
-from simulations.shards import Barrier, ShardLink, coordinate, lookahead, receive, send, split_nodes
+from simulations.shards import (
+    Barrier,
+    Message,
+    ShardLink,
+    coordinate,
+    lookahead,
+    pack,
+    receive,
+    send,
+    split_nodes,
+    unpack,
+)
 from simulations.stopping import RunEnd
 from simulations.task import Task
 from simulations.topology import build_topology, check_size, load_topology, node_order, topology
@@ -763,14 +774,16 @@ class _Emulation:
             await trio.testing.wait_all_tasks_blocked()
             now = trio.current_time()
             next_event = now + trio.lowlevel.current_statistics().seconds_to_next_deadline
-            outgoing: list[list] = [[] for _ in self.shard.parts]
+            outgoing: list[list[Message]] = [[] for _ in self.shard.parts]
             shard_of = self._shard_of
+            earliest = next_event
             for message in network.take_outgoing():
                 outgoing[shard_of[message[2]]].append(message)
+                earliest = min(earliest, message[0])
             reply = link.barrier(
                 Barrier(
-                    outgoing,
-                    next_event,
+                    [pack(messages) for messages in outgoing],
+                    earliest,
                     progress=self.progress,
                     running=self.running,
                     churn_round=self.pending[0].round if self.pending else None,
@@ -779,8 +792,9 @@ class _Emulation:
             )
             if reply.stop:
                 return
-            for message in reply.incoming:
-                network.inject(*message)
+            for parcel in reply.parcels:
+                for message in unpack(parcel):
+                    network.inject(*message)
             self.progress = max(self.progress, reply.progress)
             self._apply_due()
             await trio.sleep_until(reply.next_barrier)

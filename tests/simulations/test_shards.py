@@ -13,7 +13,7 @@ from simulations.churn import ChurnEvent
 from simulations.config import EmulationConfig
 from simulations.emulator import NodeFailed, check_run, run_emulation
 from simulations.results import ConsensusTracker
-from simulations.shards import lookahead, split_nodes
+from simulations.shards import lookahead, pack, split_nodes, unpack
 from transport.memory import TrafficLog
 
 SMALL = dict(
@@ -120,6 +120,17 @@ def test_merged_consensus_trackers_give_the_distance_of_all_models():
     second.add(1, models[2])
     first.merge(second)
     assert first.distance(1) == pytest.approx(whole.distance(1))
+
+
+def test_a_parcel_carries_its_messages_in_order_and_a_frame_sent_to_several_nodes_once():
+    frame, other = bytes(range(256)) * 16, b"small"
+    messages = [(1.5, "a", "b", frame, None), (1.5, "a", "c", frame, None), (2.0, "d", "b", other, "topic")]
+    parcel = pack(messages)
+    assert unpack(parcel) == messages
+    assert len(parcel) < 2 * len(frame)  # the frame once
+    first, second, _ = unpack(parcel)
+    assert first[3] is second[3]  # one object there too: the receiving shard decodes it once
+    assert pack([]) == b"" and unpack(b"") == []
 
 
 # --- runs ----------------------------------------------------------------------------------------------
