@@ -15,7 +15,7 @@ Three kinds of case, each run in its own subprocess so that its peak RSS is its 
   node check, which costs N x s pings at the start).
 
 Times: ``wall`` is the whole case (task, graph, nodes, run); ``build`` is the emulator's node
-construction (learners, models, protocol objects) inside it, measured by wrapping `_Emulation._build`;
+construction (learners, models, protocol objects) inside it, measured by wrapping `Emulation._build`;
 ``run`` is wall minus graph and build, and ``cpu`` the process's CPU time in that part (below
 ``run`` when the machine is busy: a fairer comparison between runs on a shared machine).
 node-rounds/s is nodes x rounds / run seconds (for MoDeST, where only the s sampled nodes work a
@@ -112,12 +112,13 @@ def case_baseline(nodes: int, rounds: int, seed: int) -> dict:
 
 
 def _emulate(config_kwargs: dict) -> dict:
-    from simulations import emulator
     from simulations.config import EmulationConfig, make_task
+    from simulations.emulation import Emulation
     from simulations.emulator import run_emulation
+    from simulations.run_setup import graph_for
 
     timings: dict[str, float] = {}
-    original_build = emulator._Emulation._build
+    original_build = Emulation._build
 
     def timed_build(self, network):
         t0, cpu0 = time.perf_counter(), time.process_time()
@@ -125,11 +126,11 @@ def _emulate(config_kwargs: dict) -> dict:
         timings["build_s"] = time.perf_counter() - t0
         timings["build_cpu_s"] = time.process_time() - cpu0
 
-    emulator._Emulation._build = timed_build
+    Emulation._build = timed_build
     started = time.perf_counter()
     config = EmulationConfig(**config_kwargs)
     task = make_task(config)
-    graph = emulator._graph(config, 0)
+    graph = graph_for(config, 0)
     graph_s = time.perf_counter() - started
     cpu_started = time.process_time()
     result = run_emulation(config, task=task, graph=graph)

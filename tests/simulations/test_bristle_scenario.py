@@ -13,7 +13,9 @@ from p2pfl.model_state import ModelState
 from p2pfl.transfer import KeepLocal, MaskedLinear
 from simulations import EmulationConfig, run_emulation
 from simulations.config import make_task
-from simulations.emulator import _Emulation, _graph, check_run
+from simulations.emulation import Emulation
+from simulations.emulator import check_run
+from simulations.run_setup import graph_for
 from simulations.scenario import load_scenario
 from transport.memory import open_memory_network
 
@@ -31,9 +33,9 @@ BASE = dict(
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _built(config: EmulationConfig) -> _Emulation:
+def _built(config: EmulationConfig) -> Emulation:
     """An emulation with its nodes built (not run)."""
-    emulation = _Emulation(config, make_task(config), _graph(config, 0), frozenset(), [], None)
+    emulation = Emulation(config, make_task(config), graph_for(config, 0), frozenset(), [], None)
 
     async def build() -> None:
         async with open_memory_network(latency=0.0) as network:
@@ -144,8 +146,8 @@ def test_the_bristle_scenario_file_loads_with_exact_attacker_counts():
     scenario = load_scenario(ROOT / "scenarios" / "bristle.toml")
     counts = {}
     for variant in scenario.variants:
-        emulation = _Emulation(
-            variant.config, make_task(variant.config), _graph(variant.config, 0), frozenset(), [], None
+        emulation = Emulation(
+            variant.config, make_task(variant.config), graph_for(variant.config, 0), frozenset(), [], None
         )
         counts[variant.name] = (len(emulation.byzantine), variant.config.nodes)
     assert {v for v in counts.values()} == {(0, 20), (10, 30), (30, 50)}

@@ -237,20 +237,20 @@ def test_topology_plot_of_a_big_graph_samples_nodes_and_stays_fast(tmp_path):
 
 
 def test_topology_of_is_the_graph_the_emulator_used(monkeypatch):
-    import simulations.emulator as emulator
+    import simulations.run_setup as run_setup
 
     built = []
-    original = emulator.build_topology
+    original = run_setup.build_topology
 
     def capture(*args, **kwargs):
         built.append(original(*args, **kwargs))
         return built[-1]
 
-    monkeypatch.setattr(emulator, "build_topology", capture)
+    monkeypatch.setattr(run_setup, "build_topology", capture)
     config = EmulationConfig(
         nodes=6, rounds=1, topology="random_regular", topology_params={"degree": 3}, local_steps=1, seed=5
     )
-    result = emulator.run_emulation(config)
+    result = run_emulation(config)
     (used,) = built
     assert nx.utils.graphs_equal(topology_of(result), used)
     with pytest.raises(ValueError, match="no graph"):

@@ -238,6 +238,27 @@ def test_sharding_needs_links_between_shards_to_take_time(tmp_path):
     check_run(dataclasses.replace(config, shards=1))  # one process needs no lookahead
 
 
+def test_a_link_without_latency_inside_a_shard_is_fine_and_positive_latencies_need_no_split(
+    tmp_path, monkeypatch
+):
+    import simulations.sharded_run as sharded_run
+
+    # Two rings of 12 joined by one slow edge: the split keeps each ring whole, so only the slow
+    # edge crosses shards, and the links of latency 0 stay inside them.
+    lines = [f"{r * 12 + i} {r * 12 + (i + 1) % 12} {{'latency': 0.0}}\n" for r in (0, 1) for i in range(12)]
+    rings = tmp_path / "rings.edgelist"
+    rings.write_text("".join(lines) + "0 12 {'latency': 0.2}\n")
+    check_run(EmulationConfig(**{**SMALL, "topology_file": str(rings)}, shards=2))
+
+    def no_split(*_):
+        raise AssertionError("split the nodes although every link takes time")
+
+    monkeypatch.setattr(sharded_run, "shard_parts", no_split)
+    slow = tmp_path / "slow.edgelist"
+    slow.write_text("".join(f"{i} {(i + 1) % 24} {{'latency': 0.3}}\n" for i in range(24)))
+    check_run(EmulationConfig(**{**SMALL, "topology_file": str(slow)}, shards=2))
+
+
 def test_a_sharded_run_reports_progress_as_the_shards_reach_rounds():
     seen = []
 
