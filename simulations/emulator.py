@@ -56,10 +56,9 @@ def run_emulation(
         graph = graph_for(config, 0)
     started = time.perf_counter()
     if config.shards > 1:
-        parts, stalled = run_in_shards(config, task, graph, progress)
+        parts = run_in_shards(config, task, graph, progress)
     else:
         parts = [run_nodes(config, task, graph, progress, None)]
-        stalled = parts[0].stalled
     failure = next((part.failure for part in parts if part.failure is not None), None)
     if failure is not None:
         raise failure from failure.cause
@@ -79,7 +78,7 @@ def run_emulation(
         nodes=[summary for _, summary in sorted(pair for part in parts for pair in part.nodes)],
         churn=plan,
         wall_s=wall_s,
-        stalled=stalled,
+        stalled=any(part.stalled for part in parts),
         rounds_reached=max(part.progress for part in parts),
         node_rounds=sum(part.node_rounds for part in parts),
         # A sharded run's processes together: the shards and this one, which holds the task and graph.

@@ -6,6 +6,7 @@ The shards keep in step as `simulations.shards` describes; each runs its part of
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import multiprocessing
 import os
@@ -30,9 +31,9 @@ if TYPE_CHECKING:
 
 def run_in_shards(
     config: EmulationConfig, task: Task, graph: nx.Graph, progress: ProgressReporter | None
-) -> tuple[list[ProcessOutcome], bool]:
+) -> list[ProcessOutcome]:
     """Run `config.shards` processes of the run at once, each a part of the nodes (`shards.py`);
-    return their parts and whether the run stalled (which the coordinator judges)."""
+    return their parts, each marked stalled when the run did (which the coordinator judges)."""
     context = multiprocessing.get_context("spawn")  # no fork of a process whose torch threads run
     pipes = [context.Pipe() for _ in range(config.shards)]
     processes = [
@@ -72,10 +73,13 @@ def run_in_shards(
             process.join(timeout=5)  # a shard exits as soon as it has handed its part over
             if process.is_alive():
                 process.kill()
+    shares = []
     for outcome in outcomes:
         if isinstance(outcome, BaseException):  # a shard that could not run at all
             raise outcome
-    return outcomes, end.stalled  # type: ignore[return-value]
+        assert isinstance(outcome, ProcessOutcome)
+        shares.append(dataclasses.replace(outcome, stalled=end.stalled))  # the shards never judge it
+    return shares
 
 
 def _shard_main(connection: Connection) -> None:
