@@ -113,8 +113,8 @@ def check_shards(config: EmulationConfig, graph: nx.Graph | None) -> None:
     """
     if config.shards == 1:
         return
-    edges = [] if graph is None else graph.edges(data="latency", default=config.latency)
-    latencies = [float(latency) for _, _, latency in edges]
+    links = [] if graph is None else _indexed_links(config, graph)
+    latencies = [latency for _, _, latency in links]
     if graph is None or config.protocol in EVENT_DRIVEN:  # any node may dial any other
         latencies.append(config.latency)
     if min(latencies, default=math.inf) > 0:
@@ -132,15 +132,20 @@ def shard_parts(config: EmulationConfig, graph: nx.Graph) -> list[list[int]]:
 
 def shard_lookahead(config: EmulationConfig, graph: nx.Graph, parts: list[list[int]]) -> float:
     """The least latency between shards; `ConfigError` when it is 0, as no barrier could then move on."""
-    index_of = {label: i for i, label in enumerate(node_order(graph))}
-    links = [
-        (index_of[u], index_of[v], float(attributes.get("latency", config.latency)))
-        for u, v, attributes in graph.edges(data=True)
-    ]
+    links = _indexed_links(config, graph)
     least = lookahead(parts, links, default_latency=config.latency, any_pair=config.protocol in EVENT_DRIVEN)
     if not least > 0:
         raise ConfigError(_NO_LOOKAHEAD.format(shards=config.shards))
     return least
+
+
+def _indexed_links(config: EmulationConfig, graph: nx.Graph) -> list[tuple[int, int, float]]:
+    """Every edge as (node index, node index, latency), the config's latency where it has none."""
+    index_of = {label: i for i, label in enumerate(node_order(graph))}
+    return [
+        (index_of[u], index_of[v], float(latency))
+        for u, v, latency in graph.edges(data="latency", default=config.latency)
+    ]
 
 
 _NO_LOOKAHEAD = (
