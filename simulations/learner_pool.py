@@ -39,6 +39,17 @@ def poolable(model: nn.Module) -> bool:
     return not list(model.buffers()) and all(p.dtype == torch.float32 for p in model.parameters())
 
 
+def _import_torch_dynamo_now() -> None:
+    """Import `torch._dynamo` here, not where torch would: inside the first batched gradient.
+
+    Importing it runs `torch.fx.wrap`, which keeps its own frame in a local: a cycle, and the frame's
+    `f_back` chain holds every frame above it, so the first step's batches, parameters and gradients
+    (about 200 MiB at 10,000 nodes) lived until the cycle collector ran, which an emulation holds
+    back (`simulations.emulation`). Imported while the pool is made, the cycle holds nothing big.
+    """
+    import torch._dynamo  # noqa: F401
+
+
 class LearnerPool:
     """The parameters of same-architecture models, one row each, and the steps scheduled on them.
 
@@ -76,6 +87,7 @@ class LearnerPool:
         self._pending: dict[PooledLearner, int] = {}  # learner -> steps still to run, in schedule order
         self._samples = _Samples()
         self._gradients = vmap(grad(self._loss))
+        _import_torch_dynamo_now()
 
     def learner(self, *, data: Callable[[], Dataset], init_seed: int, seed: int) -> PooledLearner:
         """A learner whose training data is `data()`, made when first needed, and whose initial

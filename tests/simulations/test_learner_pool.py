@@ -1,4 +1,7 @@
+import subprocess
+import sys
 from functools import partial
+from pathlib import Path
 
 import pytest
 import torch
@@ -114,3 +117,40 @@ def test_an_emulation_trains_all_its_nodes_in_one_batch_and_matches_per_node_tra
         [r.mean_accuracy for r in plain.rounds], abs=1e-9
     )
     assert batched.final_mean_accuracy > 0.3
+
+
+def test_the_first_batched_step_leaves_no_cycle_holding_its_tensors():
+    # In a fresh process, where torch has not imported torch._dynamo yet: the first gradient would
+    # import it, and torch.fx.wrap's frame cycle then kept the whole step's frames (and tensors)
+    # alive until the cycle collector ran.
+    script = """
+import gc
+from functools import partial
+import torch
+from simulations.learner_pool import LearnerPool
+from simulations.synthetic import synthetic_task
+
+task = synthetic_task(seed=1, samples_per_node=40, alpha=0.5)
+gc.collect()
+gc.disable()
+gc.set_debug(gc.DEBUG_SAVEALL)
+pool = LearnerPool(task.make_model, lr=0.1, batch_size=16)
+learners = [pool.learner(data=partial(task.local_data, i), init_seed=0, seed=i) for i in range(64)]
+for learner in learners:
+    learner.train(steps=1)
+pool.flush()
+gc.collect()
+frames = sorted({o.f_code.co_name for o in gc.garbage if type(o).__name__ == "frame"})
+tensors = sum(isinstance(o, torch.Tensor) for o in gc.garbage)
+print(frames, tensors)
+assert "_step" not in frames and "flush" not in frames, frames
+assert tensors == 0, tensors
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).parents[2],
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
